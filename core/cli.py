@@ -1,0 +1,260 @@
+"""`muscle` command line: train, poison, eval (the engine) and, when installed, serve / apikey (the service).
+
+Every bad argument or file ends with a one-line `error: ...` naming what is at fault and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.config import METHODS, PROFILES, TrainConfig, resolve_config
+from core.errors import JobCancelled, MuscleError
+
+EXIT_USAGE = 2
+EXIT_CANCELLED = 130
+
+
+def _parse_probe_file(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+    return name, Path(path)
+
+
+def _parse_set(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    if key not in TrainConfig.model_fields:
+        raise argparse.ArgumentTypeError(f"unknown setting {key!r}; see `muscle train --list-settings`")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw  # plain strings need no quotes
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
+
+
+def _add_probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--probe", action="append", default=[], metavar="SPEC",
+                   help='built-in attack probe on the eval rows: badnets, addsent or insert:"text" '
+                        "(repeatable)")
+    p.add_argument("--probe-file", action="append", default=[], type=_parse_probe_file, metavar="NAME=PATH",
+                   help="a triggered test file; ASR over its rows whose orig_label (else label) is not "
+                        "the target (repeatable)")
+    p.add_argument("--target-label", default=None, help="the attack's target label, name or id (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="muscle", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a clean model from a possibly poisoned training file")
+    t.add_argument("--train", type=Path, required=True, help="training file (CSV, TSV or JSONL)")
+    t.add_argument("--aux", type=Path, required=True, help="small trusted clean auxiliary file")
+    t.add_argument("--eval", type=Path, help="clean evaluation file (CACC); default: a train hold-out")
+    t.add_argument("--select", type=Path,
+                   help="clean held-back file for choosing the epoch; default: a slice of --aux")
+    _add_probe_args(t)
+    _add_data_args(t)
+    t.add_argument("--method", choices=METHODS, default=None, help="defense (default muscle)")
+    t.add_argument("--profile", choices=sorted(PROFILES), default="default",
+                   help="settings preset: reference = the authors' code exactly")
+    t.add_argument("--model", default=None, help="minilm (default), a hub id or a local path")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--max-length", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    t.add_argument("--set", action="append", default=[], type=_parse_set, metavar="KEY=VALUE",
+                   help="any other setting, e.g. --set mu_max=0.05 --set 'mslr_scales=[1,2,4]'")
+    t.add_argument("--out", type=Path, required=True, help="output folder")
+    t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("settings", help="list every training setting with its profile values")
+    s.set_defaults(func=cmd_settings)
+
+    p = sub.add_parser("poison", help="make a poisoned copy of a dataset (simulation, as OpenBackdoor)")
+    p.add_argument("--in", dest="inp", type=Path, required=True, help="clean input file")
+    p.add_argument("--out", type=Path, required=True, help="poisoned output file (format by extension)")
+    p.add_argument("--attack", required=True, help='badnets, addsent or insert:"text"')
+    p.add_argument("--rate", type=float, default=0.1, help="poisoned share of all rows (default 0.1)")
+    p.add_argument("--target-label", default="1")
+    p.add_argument("--mode", choices=["clean", "dirty", "mix"], default=None,
+                   help="clean-label, dirty-label or mix (default: clean for badnets, mix otherwise)")
+    p.add_argument("--seed", type=int, default=42)
+    _add_data_args(p)
+    p.set_defaults(func=cmd_poison)
+
+    e = sub.add_parser("eval", help="score a saved model folder on a clean file and attack probes")
+    e.add_argument("--model", type=Path, required=True, help="a model folder (e.g. OUT/model)")
+    e.add_argument("--eval", type=Path, required=True)
+    _add_probe_args(e)
+    _add_data_args(e)
+    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--max-length", type=int, default=512)
+    e.add_argument("--seed", type=int, default=42)
+    e.set_defaults(func=cmd_eval)
+
+    try:  # the service adds `serve` and `apikey`; the engine runs without it
+        from core.jobs.cli import add_service_commands
+    except ImportError:
+        pass
+    else:
+        add_service_commands(sub)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
+    overrides: dict[str, Any] = {
+        "method": args.method, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "device": args.device,
+        "target_label": args.target_label,
+    }
+    overrides.update(dict(args.set))
+    explicit = {k for k, v in overrides.items() if v is not None}
+    try:
+        return resolve_config(args.profile, overrides), explicit
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise MuscleError(f"invalid settings: {exc}") from exc
+
+
+class ProgressBar:
+    """Renders engine progress events as a tqdm bar (step, loss, ETA) plus one line per epoch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "step" and self.enabled:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+                self.bar.update(event.step - 1)  # resumed runs start mid-way
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
+        elif event.kind == "epoch":
+            line = f"epoch {event.epoch}: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in (event.metrics or {}).items()
+                if not isinstance(v, dict))
+            (self.bar.write if self.bar is not None else _stderr)(line)
+        elif event.kind in ("phase", "log") and event.message:
+            if event.phase in ("exporting", "evaluating", "done") and self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            _stderr(f"[{event.phase}] {event.message}")
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.engine import JobInputs
+    from core.pipeline import run_pipeline
+
+    config, explicit = config_from_args(args)
+    inputs = JobInputs(train=args.train, aux=args.aux, eval=args.eval, select=args.select,
+                       probe_files=dict(args.probe_file), probes=tuple(args.probe),
+                       text_column=args.text_column, label_column=args.label_column)
+    if (args.out / "checkpoints").exists() and not args.resume and any((args.out / "checkpoints").iterdir()):
+        raise MuscleError(f"{args.out} holds checkpoints of an earlier run: pass --resume to continue it, "
+                          "or choose another --out")
+    interrupted = {"flag": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:  # first Ctrl-C: stop after this step, keep checkpoint
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        _stderr("stopping after the current step (Ctrl-C again to abort at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = run_pipeline(inputs, config, args.out, ProgressBar(not args.no_progress),
+                              lambda: interrupted["flag"], args.resume, explicit)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    m = result.metrics
+    print(json.dumps({"cacc": m["cacc"], "asr": m["asr"], "best_epoch": m["best_epoch"],
+                      "out": str(result.out_dir)}, indent=2))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    ref, default = resolve_config("reference"), resolve_config("default")
+    for name, info in TrainConfig.model_fields.items():
+        r, d = getattr(ref, name), getattr(default, name)
+        print(f"{name:24s} default={d!r:28s} reference={r!r:28s} {info.description or ''}".rstrip())
+    return 0
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    from core.attacks.poison import poison_file
+
+    mode = args.mode or ("clean" if args.attack == "badnets" else "mix")  # OpenBackdoor's settings
+    if not 0 < args.rate < 1:
+        raise MuscleError(f"--rate must be between 0 and 1, got {args.rate}")
+    summary = poison_file(args.inp, args.out, args.attack, args.rate, args.target_label, mode, args.seed,
+                          args.text_column, args.label_column)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.attacks.probes import build_probe, load_probe_file
+    from core.attacks.triggers import parse_trigger
+    from core.data.dataset import load_examples
+    from core.data.labels import LabelMap
+    from core.pipeline import evaluate_classifier
+
+    if not (args.model / "config.json").is_file():
+        raise MuscleError(f"{args.model} is not a model folder (no config.json)")
+    model = AutoModelForSequenceClassification.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    label_map = LabelMap.from_labels([id2label[i] for i in sorted(id2label)])
+    cols = {"text_column": args.text_column, "label_column": args.label_column}
+    rows = load_examples(args.eval, label_map, role="eval", **cols)
+    target = label_map.resolve_target(args.target_label or "1")
+    probes = {}
+    for spec in args.probe:
+        name, trigger = parse_trigger(spec)
+        probes[name] = build_probe(rows, trigger, target, args.seed)
+    for name, path in args.probe_file:
+        probes[name] = load_probe_file(path, label_map, target, **cols)
+    config = TrainConfig(eval_batch_size=args.batch_size, max_length=args.max_length)
+    cacc, asr = evaluate_classifier(model, tokenizer, rows, probes, target, config)
+    print(json.dumps({"cacc": cacc, "asr": asr, "rows": len(rows)}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MuscleError as exc:
+        _stderr(f"error: {exc}")
+        return EXIT_USAGE
+    except JobCancelled:
+        _stderr("cancelled: the last epoch checkpoint is kept; rerun with --resume to continue")
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Training configuration: one pydantic model, resolved from a named profile plus overrides.
+
+`reference` reproduces the authors' code (reference-implementation.md §2-3, §8). `default` starts as a
+copy and is what the efficacy work tunes. Every field is recorded, fully resolved, in metrics.json.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal[
+    "muscle", "vanilla", "lora", "adapter", "prefix", "muscle-no-ga", "muscle-no-ms", "ga-only"
+]
+METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+
+# Which building blocks each method switches on (reference §2.4).
+METHOD_PARTS: dict[str, dict[str, bool]] = {
+    "muscle": {"lora": True, "mslr": True, "ga": True},
+    "muscle-no-ga": {"lora": True, "mslr": True, "ga": False},  # OnlyMSLR
+    "muscle-no-ms": {"lora": True, "mslr": False, "ga": True},  # GA+LoRA
+    "ga-only": {"lora": False, "mslr": False, "ga": True},  # OnlyGA: full fine-tuning with GA
+    "lora": {"lora": True, "mslr": False, "ga": False},
+    "vanilla": {"lora": False, "mslr": False, "ga": False},
+    "adapter": {"lora": False, "mslr": False, "ga": False},
+    "prefix": {"lora": False, "mslr": False, "ga": False},
+}
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run. Unknown keys are refused (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    profile: Literal["default", "reference"] = "default"
+    method: Method = "muscle"
+    model: str = "minilm"
+    seed: int = 42
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    max_length: int = Field(512, ge=8)
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    target_label: str = "1"
+
+    # LoRA (PEFT) on the attention query/value projections.
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] | None = None  # None: per-family default (query/value, q_proj/v_proj)
+
+    # Multi-scale low-rank module on the penultimate dense layer: h = W0 x + a * R (S * (L x)).
+    mslr_scales: list[float] | None = None  # None: per-family default (paper Table 6 / rule)
+    mslr_rank: int = Field(1, ge=1)  # bandwidth: each scale repeated this many times
+    mslr_alpha: float = Field(6.0, gt=0)  # multiplier alpha/rank on the MSLR path
+    mslr_init: Literal["kaiming", "zero"] = "kaiming"  # authors: both L and R Kaiming (non-zero)
+
+    # Head: the authors freeze the randomly initialised classifier whenever LoRA is on.
+    train_head: bool = False
+
+    # Gradient alignment.
+    ga_granularity: Literal["per_tensor", "global"] = "per_tensor"
+    ga_gate_loss: float | None = 0.4  # pure alignment while the clean loss is above this; None: no gate
+    ga_min_ref_grad_norm: float = 5e-7
+    mu_max: float = Field(0.1, ge=0, le=1)
+    mu_start_epoch: int = Field(1, ge=0)  # GAEpoch
+    mu_schedule: Literal["per_epoch", "linear_step"] = "per_epoch"
+    aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
+
+    # Adapter / prefix baselines.
+    adapter_bottleneck: int = Field(8, ge=1)
+    prefix_tokens: int = Field(8, ge=1)
+
+    # Data handling.
+    select_fraction: float = Field(0.25, gt=0, lt=1)  # share of aux held back for epoch choice w/o --select
+    eval_holdout_fraction: float = Field(0.1, gt=0, lt=1)  # share of train held back as eval w/o --eval
+    min_aux_per_class: int = Field(2, ge=1)
+
+    # Runtime.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast on CUDA only
+    checkpoint_every_epoch: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.mslr_scales is not None and not self.mslr_scales:
+            raise ValueError("mslr_scales must not be empty")
+        return self
+
+    @property
+    def parts(self) -> dict[str, bool]:
+        return METHOD_PARTS[self.method]
+
+
+# The authors' settings for BERT/RoBERTa-sized encoders (reference §8). Llama-family values are applied
+# per family by `family_overrides` when the profile is `reference`.
+REFERENCE: dict[str, object] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 2e-5,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "grad_clip": 1.0,
+    "max_length": 512,
+    "lora_r": 8,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "mslr_rank": 1,
+    "mslr_alpha": 6.0,
+    "mslr_init": "kaiming",
+    "train_head": False,
+    "ga_granularity": "per_tensor",
+    "ga_gate_loss": 0.4,
+    "ga_min_ref_grad_norm": 5e-7,
+    "mu_max": 0.1,
+    "mu_start_epoch": 1,
+    "mu_schedule": "per_epoch",
+    "aux_batch_size": 32,
+    "seed": 42,
+}
+
+# `default` starts as a copy of the reference settings; the efficacy study tunes it.
+DEFAULT: dict[str, object] = dict(REFERENCE)
+
+PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
+
+# Llama-family settings of the authors' code (r 2, alpha 8, mu_max 0, no gate, batch 16, lr 1e-5, 5 epochs).
+LLAMA_REFERENCE: dict[str, object] = {
+    "lora_r": 2,
+    "lora_alpha": 8,
+    "mslr_alpha": 4.0,
+    "mu_max": 0.0,
+    "mu_start_epoch": 0,
+    "ga_gate_loss": 0.0,
+    "batch_size": 16,
+    "aux_batch_size": 16,
+    "lr": 1e-5,
+    "epochs": 5,
+    "max_length": 4096,
+}
+
+
+def resolve_config(profile: str = "default", overrides: dict[str, object] | None = None) -> TrainConfig:
+    """Profile values, then the caller's overrides (None values ignored), validated together."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    values: dict[str, object] = dict(PROFILES[profile])
+    values["profile"] = profile
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return TrainConfig(**values)

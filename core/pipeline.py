@@ -1,0 +1,236 @@
+"""One job, start to end: validate inputs, build the defended model, train, export, evaluate, report.
+
+The reported metrics are computed on the exported merged model, re-loaded from disk with plain
+transformers, so anybody holding the artifacts can recompute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import LLAMA_REFERENCE, TrainConfig
+from core.data.dataset import Example, check_aux, load_examples, stratified_split
+from core.data.labels import LabelMap
+from core.data.table import read_table
+from core.engine import CancelCheck, JobInputs, JobResult, ProgressCallback, ProgressEvent
+from core.errors import ConfigError, DataError
+
+
+@dataclass
+class PreparedData:
+    label_map: LabelMap
+    target: int
+    train: list[Example]
+    aux: list[Example]
+    select: list[Example]
+    eval: list[Example]
+    probes: dict[str, list[Example]]
+    sources: dict[str, str]  # where select/eval rows came from, as written into metrics.json
+    sha256: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "labels": self.label_map.id2label,
+            "target_label": self.label_map.id2label[self.target],
+            "rows": {"train": len(self.train), "aux": len(self.aux), "select": len(self.select),
+                     "eval": len(self.eval), **{f"probe:{k}": len(v) for k, v in self.probes.items()}},
+            "sources": self.sources,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
+    """Read and check every input file before any training; raises DataError / ConfigError."""
+    from core.attacks.probes import build_probe, load_probe_file
+    from core.attacks.triggers import parse_trigger
+
+    cols = {"text_column": inputs.text_column, "label_column": inputs.label_column}
+    for role, path in [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval),
+                       ("select", inputs.select), *[(f"probe:{k}", v) for k, v in inputs.probe_files.items()]]:
+        if path is not None and not Path(path).is_file():
+            raise DataError("file not found", file=str(path), role=role)
+
+    raw_train = read_table(inputs.train, role="train", **cols)
+    label_map = LabelMap.from_labels([r.label for r in raw_train if r.label is not None])
+    if len(label_map.id2label) < 2:
+        raise DataError("the training file has fewer than 2 distinct labels", file=str(inputs.train),
+                        field=inputs.label_column, role="train")
+    try:
+        target = label_map.resolve_target(str(config.target_label))
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"target_label {config.target_label!r} is not a label of the training file "
+                          f"(labels: {sorted(label_map.label2id)})") from exc
+
+    train = load_examples(inputs.train, label_map, role="train", **cols)
+    aux = load_examples(inputs.aux, label_map, role="aux", **cols)
+    check_aux(aux, label_map, config.min_aux_per_class, str(inputs.aux))
+    sources: dict[str, str] = {}
+
+    if inputs.select is not None:
+        select = load_examples(inputs.select, label_map, role="select", **cols)
+        sources["select"] = f"file {Path(inputs.select).name}"
+    else:
+        # Epoch choice needs clean rows never trained on and never reported on: a slice of aux.
+        aux, select = stratified_split(aux, config.select_fraction, config.seed)
+        sources["select"] = f"aux hold-out ({len(select)} of the aux rows, not used for alignment)"
+
+    if inputs.eval is not None:
+        eval_rows = load_examples(inputs.eval, label_map, role="eval", **cols)
+        sources["cacc"] = f"eval file {Path(inputs.eval).name}"
+    else:
+        train, eval_rows = stratified_split(train, config.eval_holdout_fraction, config.seed)
+        sources["cacc"] = (f"train hold-out ({len(eval_rows)} rows not trained on; untrusted: may "
+                           "contain poisoned rows)")
+
+    probes: dict[str, list[Example]] = {}
+    for spec in inputs.probes:
+        name, trigger = parse_trigger(spec)
+        probes[name] = build_probe(eval_rows, trigger, target, config.seed)
+    for name, path in inputs.probe_files.items():
+        if name in probes:
+            raise ConfigError(f"probe name {name!r} given twice")
+        probes[name] = load_probe_file(path, label_map, target, **cols)
+    for name, rows in probes.items():
+        if not rows:
+            raise ConfigError(f"probe {name!r} has no rows whose true label is not the target")
+
+    sha = {role: file_sha256(Path(p)) for role, p in
+           [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select)]
+           if p is not None}
+    sha.update({f"probe:{k}": file_sha256(Path(v)) for k, v in inputs.probe_files.items()})
+    return PreparedData(label_map, target, train, aux, select, eval_rows, probes, sources, sha)
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    import core
+
+    return {"muscle": core.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def family_adjusted(config: TrainConfig, family: str, explicit: set[str]) -> TrainConfig:
+    """The authors ran Llama with other settings; apply them under `reference` unless set by the user."""
+    if family != "llama" or config.profile != "reference":
+        return config
+    updates = {k: v for k, v in LLAMA_REFERENCE.items() if k not in explicit}
+    return config.model_copy(update=updates)
+
+
+def evaluate_classifier(model: Any, tokenizer: Any, eval_rows: list[Example],
+                        probes: dict[str, list[Example]], target: int, config: TrainConfig,
+                        ) -> tuple[float, dict[str, float]]:
+    """CACC on every eval row; ASR per probe over rows whose true label is not the target."""
+    from core.metrics import accuracy, attack_success_rate
+    from core.training.predict import predict_logits
+
+    def preds(rows: list[Example]) -> list[int]:
+        logits = predict_logits(model, tokenizer, [r.text for r in rows], config.eval_batch_size,
+                                config.max_length, device=config.device)
+        return logits.argmax(-1).tolist()
+
+    cacc = accuracy(preds(eval_rows), [r.label for r in eval_rows])
+    asr = {name: attack_success_rate(preds(rows), [r.orig_label for r in rows], target)
+           for name, rows in probes.items()}
+    return cacc, asr
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress: ProgressCallback | None,
+                 should_cancel: CancelCheck | None, resume: bool,
+                 explicit_keys: set[str] | None = None) -> JobResult:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.defenses.methods import apply_defense, export_adapter, export_merged
+    from core.models.backbones import family, load_backbone, resolve_model_source
+    from core.model_card import write_model_card
+    from core.training.loop import train
+
+    emit = progress or (lambda event: None)
+    started = time.time()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.json"
+    if resume and metrics_path.is_file():  # already finished: nothing to redo
+        metrics = json.loads(metrics_path.read_text())
+        model_dir = out_dir / "model" if (out_dir / "model").is_dir() else None
+        adapter_dir = out_dir / "adapter" if (out_dir / "adapter").is_dir() else None
+        return JobResult(out_dir, metrics, model_dir, adapter_dir)
+
+    emit(ProgressEvent(kind="phase", phase="validating", message="validating input files"))
+    data = validate_inputs(inputs, config)
+    emit(ProgressEvent(kind="log", phase="validating", message="inputs valid", metrics=data.summary()))
+
+    emit(ProgressEvent(kind="phase", phase="loading", message=f"loading backbone {config.model}"))
+    source = resolve_model_source(config.model)
+    model, tokenizer = load_backbone(source, data.label_map)
+    fam = family(model)
+    config = family_adjusted(config, fam, explicit_keys or set())
+    model = apply_defense(model, config, fam)
+
+    emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
+    outcome = train(model, tokenizer, data.train, data.aux, data.select, config,
+                    ckpt_dir=out_dir / "checkpoints", progress=emit, should_cancel=should_cancel,
+                    resume=resume, monitors=data.probes)
+
+    emit(ProgressEvent(kind="phase", phase="exporting", message="merging and saving the model"))
+    model_dir = export_merged(model, tokenizer, out_dir / "model", fam)
+    adapter_dir = export_adapter(model, out_dir / "adapter")
+
+    emit(ProgressEvent(kind="phase", phase="evaluating", message="evaluating the exported model"))
+    if model_dir is not None:
+        # Score what we hand out: the merged folder, loaded as a user would.
+        eval_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        eval_tok = AutoTokenizer.from_pretrained(model_dir)
+        scored = "exported merged model (out/model)"
+    else:
+        eval_model, eval_tok = model, tokenizer
+        scored = "trained model in memory (method cannot be merged; load out/adapter with the base model)"
+    cacc, asr = evaluate_classifier(eval_model, eval_tok, data.eval, data.probes, data.target, config)
+
+    metrics: dict[str, Any] = {
+        "cacc": cacc,
+        "asr": asr,
+        "best_epoch": outcome.best_epoch,
+        "per_epoch": outcome.per_epoch,
+        "method": config.method,
+        "config": config.model_dump(mode="json"),
+        "seed": config.seed,
+        "versions": versions(),
+        "data_sha256": data.sha256,
+        "wall_seconds": round(time.time() - started, 2),
+        "train_seconds": round(outcome.wall_seconds, 2),
+        "model_source": str(source) if config.model != "minilm" else "minilm (all-MiniLM-L6-v2, packaged)",
+        "family": fam,
+        "cacc_source": data.sources["cacc"],
+        "selection_source": data.sources["select"],
+        "scored": scored,
+        "data": data.summary(),
+    }
+    write_json_atomic(metrics_path, metrics)
+    if model_dir is not None:
+        write_model_card(model_dir / "README.md", metrics)
+    emit(ProgressEvent(kind="phase", phase="done", message="finished",
+                       metrics={"cacc": cacc, "asr": asr, "best_epoch": outcome.best_epoch}))
+    return JobResult(out_dir, metrics, model_dir, adapter_dir)
