@@ -122,10 +122,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
         "max_length": args.max_length, "lr": args.lr, "seed": args.seed, "device": args.device,
         "target_label": args.target_label,
     }
-    overrides.update(dict(args.set))
-    explicit = {k for k, v in overrides.items() if v is not None}
+    overrides = {k: v for k, v in overrides.items() if v is not None}  # options not given
+    overrides.update(dict(args.set))  # --set may give null on purpose
     try:
-        return resolve_config(args.profile, overrides), explicit
+        return resolve_config(args.profile, overrides), set(overrides)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise MuscleError(f"invalid settings: {exc}") from exc
 
@@ -226,8 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise MuscleError(f"{args.model} is not a model folder (no config.json)")
     model = AutoModelForSequenceClassification.from_pretrained(args.model)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    label_map = LabelMap.from_labels([id2label[i] for i in sorted(id2label)])
+    label_map = LabelMap.from_id2label({int(k): v for k, v in model.config.id2label.items()})
     cols = {"text_column": args.text_column, "label_column": args.label_column}
     rows = load_examples(args.eval, label_map, role="eval", **cols)
     target = label_map.resolve_target(args.target_label or "1")
@@ -236,7 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name, trigger = parse_trigger(spec)
         probes[name] = build_probe(rows, trigger, target, args.seed)
     for name, path in args.probe_file:
-        probes[name] = load_probe_file(path, label_map, target, **cols)
+        probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
     config = TrainConfig(eval_batch_size=args.batch_size, max_length=args.max_length)
     cacc, asr = evaluate_classifier(model, tokenizer, rows, probes, target, config)
     print(json.dumps({"cacc": cacc, "asr": asr, "rows": len(rows)}, indent=2))

@@ -145,12 +145,11 @@ LLAMA_REFERENCE: dict[str, object] = {
 
 
 def resolve_config(profile: str = "default", overrides: dict[str, object] | None = None) -> TrainConfig:
-    """Profile values, then the caller's overrides (None values ignored), validated together."""
+    """Profile values, then the caller's overrides, validated together (None is a real value: e.g.
+    `ga_gate_loss=None` switches the gate off; callers drop options the user did not give)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     values: dict[str, object] = dict(PROFILES[profile])
     values["profile"] = profile
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
+    values.update(overrides or {})
     return TrainConfig(**values)

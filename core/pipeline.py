@@ -103,7 +103,7 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
     for name, path in inputs.probe_files.items():
         if name in probes:
             raise ConfigError(f"probe name {name!r} given twice")
-        probes[name] = load_probe_file(path, label_map, target, **cols)
+        probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
     for name, rows in probes.items():
         if not rows:
             raise ConfigError(f"probe {name!r} has no rows whose true label is not the target")
@@ -164,7 +164,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from core.defenses.methods import apply_defense, export_adapter, export_merged
-    from core.models.backbones import family, load_backbone, resolve_model_source
+    from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
     from core.model_card import write_model_card
     from core.training.loop import train
 
@@ -184,7 +184,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
 
     emit(ProgressEvent(kind="phase", phase="loading", message=f"loading backbone {config.model}"))
     source = resolve_model_source(config.model)
-    model, tokenizer = load_backbone(source, data.label_map)
+    model, tokenizer = load_backbone(source, data.label_map, seed=config.seed)
     fam = family(model)
     config = family_adjusted(config, fam, explicit_keys or set())
     model = apply_defense(model, config, fam)
@@ -201,8 +201,9 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     emit(ProgressEvent(kind="phase", phase="evaluating", message="evaluating the exported model"))
     if model_dir is not None:
         # Score what we hand out: the merged folder, loaded as a user would.
-        eval_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
-        eval_tok = AutoTokenizer.from_pretrained(model_dir)
+        with quiet_transformers():
+            eval_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+            eval_tok = AutoTokenizer.from_pretrained(model_dir)
         scored = "exported merged model (out/model)"
     else:
         eval_model, eval_tok = model, tokenizer

@@ -1,0 +1,427 @@
+"""Turn a loaded backbone into the model a method trains, and export the result.
+
+Methods (``TrainConfig.method``; building blocks in ``core.config.METHOD_PARTS``, reference §2.4):
+
+==============  ============================================================  ==========
+method          trainable                                                      GA
+==============  ============================================================  ==========
+muscle          LoRA (Q, V) + MSLR L, R on the penultimate linear              yes
+muscle-no-ga    LoRA + MSLR                                                    no
+muscle-no-ms    LoRA                                                           yes
+lora            LoRA                                                           no
+ga-only         everything (full fine-tuning, classifier included)             yes
+vanilla         everything                                                     no
+adapter         bottleneck adapters after each FFN output (`adapter.py`)       no
+prefix          PEFT prefix-tuning virtual key/values                          no
+==============  ============================================================  ==========
+
+Except for the full fine-tuning methods, the head is frozen at its random initialisation, as in the
+authors' code, unless ``train_head`` is set (reference §2.1). The MSLR base copy W0 is always frozen.
+
+LoRA is PEFT's (``LoraConfig(r, lora_alpha, lora_dropout)`` on query/value per family, A Kaiming, B zero).
+Prefix tuning uses PEFT's prefix encoder, but PEFT 0.21 passes ``past_key_values`` while transformers 5
+models take ``cache``, so PEFT's own classification forward raises "Model does not support past key
+values"; `PrefixTuningClassifier` calls the model with ``cache=`` itself. DistilBERT's attention has no
+key/value cache at all, so ``prefix`` is refused for it (ConfigError).
+
+Random parts (LoRA A, MSLR L and R, adapters, prefix) are drawn from ``config.seed`` without touching
+the caller's RNG, so the same config gives the same initial model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.defenses.adapter import BottleneckAdapter, install_adapters
+from core.defenses.default_scales import default_scales
+from core.defenses.mslr import MultiScaleLowRankLinear
+from core.errors import ConfigError
+from core.models.backbones import family as model_family
+from core.models.backbones import quiet_transformers, unwrap
+from core.models.heads import (
+    LlamaClassificationHead,
+    head_modules,
+    penultimate_linear,
+    penultimate_name,
+)
+
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "distilbert": ["q_lin", "v_lin"],
+    "llama": ["q_proj", "v_proj"],
+}
+FULL_FINE_TUNING = ("vanilla", "ga-only")
+NOT_MERGEABLE = ("adapter", "prefix")
+ADAPTER_FORMAT = "muscle-adapter"
+ADAPTER_VERSION = 1
+ADAPTER_JSON = "muscle_adapter.json"
+ADAPTER_TENSORS = "muscle_tensors.safetensors"
+
+
+@dataclass
+class DefenseInfo:
+    """What `apply_defense` did; kept on the unwrapped model as ``_muscle_defense``."""
+
+    family: str
+    method: str
+    config: dict[str, Any]
+    mslr_modules: list[str] = field(default_factory=list)
+    mslr_scales: list[float] | None = None
+    lora_targets: list[str] | None = None
+    adapter_modules: list[str] = field(default_factory=list)
+    prefix_tokens: int = 0
+
+
+def defense_info(model: nn.Module) -> DefenseInfo | None:
+    return getattr(unwrap(model), "_muscle_defense", None)
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """Virtual tokens the model prepends (they use position slots: shorten max_length by this)."""
+    info = defense_info(model)
+    return info.prefix_tokens if info else 0
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _peft_model_class() -> type:
+    from peft import PeftModel
+
+    class PrefixTuningClassifier(PeftModel):
+        """PEFT prefix tuning for classification, calling transformers 5 models with ``cache=``."""
+
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):  # type: ignore[no-untyped-def]
+            ref = input_ids if input_ids is not None else inputs_embeds
+            batch = ref.shape[0]
+            n_virtual = self.active_peft_config.num_virtual_tokens
+            if attention_mask is None:
+                attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+            prefix_mask = attention_mask.new_ones(batch, n_virtual)
+            kwargs.pop("cache", None)
+            kwargs.pop("past_key_values", None)
+            return self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                                   attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+                                   cache=self.get_prompt(batch), **kwargs)
+
+    return PrefixTuningClassifier
+
+
+_PREFIX_CLASS: type | None = None
+
+
+def _prefix_class() -> type:
+    global _PREFIX_CLASS
+    if _PREFIX_CLASS is None:
+        _PREFIX_CLASS = _peft_model_class()
+    return _PREFIX_CLASS
+
+
+def _is_mslr_param(name: str, mslr_names: list[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in mslr_names)
+
+
+def _set_head_trainable(base: nn.Module, train_head: bool, mslr_names: list[str]) -> None:
+    """Head on/off; MSLR parts inside a head (RoBERTa/Llama/DistilBERT) keep their own rule."""
+    for prefix in head_modules(base):
+        module = base.get_submodule(prefix)
+        for name, param in module.named_parameters():
+            full = f"{prefix}.{name}"
+            if _is_mslr_param(full, mslr_names):
+                continue
+            param.requires_grad_(train_head)
+
+
+def _lora_targets(config: Any, fam: str) -> list[str]:
+    return list(config.lora_targets) if config.lora_targets else list(LORA_TARGETS[fam])
+
+
+def apply_defense(model: nn.Module, config: Any, family: str | None = None) -> nn.Module:
+    """Set up ``config.method`` on a model from `load_backbone`; returns the model to train.
+
+    The result may be a PEFT wrapper (LoRA, prefix): use it for forward passes, and
+    `core.models.backbones.unwrap` to reach the transformers model.
+    """
+    fam = family or model_family(model)
+    method = config.method
+    parts = config.parts
+    info = DefenseInfo(family=fam, method=method, config=config.model_dump())
+    base = unwrap(model)
+    if getattr(base, "_muscle_defense", None) is not None:
+        raise ValueError("apply_defense was already applied to this model")
+    with _seeded(config.seed + 7):
+        if method in FULL_FINE_TUNING:
+            model.requires_grad_(True)
+            base._muscle_defense = info
+            return model
+        base.requires_grad_(False)
+        if method == "prefix":
+            model = _apply_prefix(model, config, fam)
+            info.prefix_tokens = config.prefix_tokens
+        elif method == "adapter":
+            info.adapter_modules = install_adapters(base, fam, config.adapter_bottleneck)
+        if parts["lora"]:
+            model = _apply_lora(model, config, fam)
+            info.lora_targets = _lora_targets(config, fam)
+        if parts["mslr"]:
+            parent, attr = penultimate_linear(model)
+            layer = getattr(parent, attr)
+            if not isinstance(layer, nn.Linear):
+                raise ConfigError(f"the penultimate layer {penultimate_name(model)} is a "
+                                  f"{type(layer).__name__}, not a Linear: keep it out of lora_targets")
+            scales = (list(config.mslr_scales) if config.mslr_scales
+                      else _default_scales_for(model, fam, config.profile))
+            setattr(parent, attr, MultiScaleLowRankLinear(layer, scales, rank=config.mslr_rank,
+                                                          alpha=config.mslr_alpha, init=config.mslr_init))
+            info.mslr_modules = [penultimate_name(model)]
+            info.mslr_scales = [float(s) for s in scales]
+    base = unwrap(model)
+    _set_head_trainable(base, bool(config.train_head), info.mslr_modules)
+    base._muscle_defense = info
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"method {method!r} left no trainable parameter")
+    return model
+
+
+def _default_scales_for(model: nn.Module, fam: str, profile: str) -> list[float]:
+    cfg = unwrap(model).config
+    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0))
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layers", 0))
+    return default_scales(fam, hidden, layers, profile)
+
+
+def _apply_lora(model: nn.Module, config: Any, fam: str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    base = unwrap(model)
+    targets = _lora_targets(config, fam)
+    linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linears)]
+    if missing:
+        raise ConfigError(f"lora_targets {missing} match no Linear layer of this {fam} model")
+    # Keep LoRA off the head and the MSLR layer (the authors wrap only the backbone).
+    exclude = [penultimate_name(base), *head_modules(base)]
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, exclude_modules=exclude, bias="none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PEFT probes a deprecated transformers API
+        return get_peft_model(model, lora)
+
+
+def _apply_prefix(model: nn.Module, config: Any, fam: str) -> nn.Module:
+    from peft import PrefixTuningConfig, TaskType
+
+    if fam == "distilbert":
+        raise ConfigError("method 'prefix' is not available for DistilBERT: its attention takes no "
+                          "key/value cache, which prefix tuning needs. Use 'adapter' or 'lora' instead.")
+    cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.prefix_tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # PEFT probes a deprecated transformers API
+        # The plain PeftModel base class: no `modules_to_save` copy of the head (we decide its freezing).
+        return _prefix_class()(model, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Export
+
+
+def _merged_copy(model: nn.Module, inplace: bool) -> nn.Module:
+    from peft import PeftModel
+
+    work = model if inplace else copy.deepcopy(model)
+    work.eval()
+    if isinstance(work, PeftModel):
+        work = work.merge_and_unload()
+    base = unwrap(work)
+    for name, module in list(base.named_modules()):
+        if isinstance(module, MultiScaleLowRankLinear):
+            parent_name, _, attr = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            setattr(parent, attr, module.merged_linear())
+    if isinstance(getattr(base, "score", None), LlamaClassificationHead):
+        base.score = base.score.collapsed()  # no activation between dense and out_proj: one matrix
+    return base
+
+
+def export_merged(model: nn.Module, tokenizer: Any, out_dir: str | Path, family: str | None = None,
+                  *, inplace: bool = False) -> Path | None:
+    """Write a plain transformers folder (safetensors + tokenizer): LoRA merged (PEFT
+    ``merge_and_unload``), MSLR merged into the penultimate linear, the Llama head collapsed into
+    ``score``. It loads with ``AutoModelForSequenceClassification`` / ``AutoTokenizer`` and no custom code.
+
+    Returns None for ``adapter`` and ``prefix`` (not mergeable: use `export_adapter`). Works on a deep
+    copy unless ``inplace`` (saves memory for big models; the model is then merged and unwrapped).
+    """
+    info = defense_info(model)
+    if info is not None and info.method in NOT_MERGEABLE:
+        return None
+    fam = family or model_family(model)
+    base = _merged_copy(model, inplace)
+    if hasattr(base, "_muscle_defense"):
+        del base._muscle_defense
+    base.requires_grad_(False)
+    if fam == "llama" and not isinstance(getattr(base, "score", None), nn.Linear):
+        raise RuntimeError("Llama head did not collapse into a Linear score")
+    base.config.architectures = [type(base).__name__]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with quiet_transformers():
+        base.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def export_adapter(model: nn.Module, out_dir: str | Path) -> Path | None:
+    """The trained parts alone, for users who keep the base model.
+
+    * ``peft/``: PEFT ``save_pretrained`` (LoRA or prefix weights, loadable with PEFT);
+    * ``muscle_tensors.safetensors``: every other tensor the base checkpoint does not hold: MSLR
+      ``L``, ``R``, ``K`` and its frozen base ``W0``/``b0``, the head (frozen random or trained, incl. the
+      Llama ``score.dense``/``score.out_proj``), adapter ``down``/``up``. Keys are module paths inside
+      the transformers model (e.g. ``bert.pooler.dense.L``);
+    * ``muscle_adapter.json``: where each part goes and the settings to rebuild it (see
+      `load_exported_adapter`).
+
+    Returns None for full fine-tuning (``vanilla``, ``ga-only``): there is no adapter, export the
+    merged model instead.
+    """
+    from peft import PeftModel
+    from safetensors.torch import save_file
+
+    info = defense_info(model)
+    if info is None:
+        raise ValueError("export_adapter needs a model prepared by apply_defense")
+    if info.method in FULL_FINE_TUNING:
+        return None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = unwrap(model)
+    peft_dir = None
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out / "peft")
+        peft_dir = "peft"
+
+    tensors: dict[str, torch.Tensor] = {}
+    mslr: list[dict[str, Any]] = []
+    adapters: list[str] = []
+    for name, module in base.named_modules():
+        if isinstance(module, MultiScaleLowRankLinear):
+            mslr.append({"module": name, "scales": module.scales, "rank": module.rank,
+                         "alpha": module.alpha, "init": module.init,
+                         "merged_weight": "W0 + (alpha/rank) * R @ diag(K) @ L; bias b0"})
+            for key, value in module.state_dict().items():
+                tensors[f"{name}.{key}"] = value
+        elif isinstance(module, BottleneckAdapter):
+            adapters.append(name)
+            for sub in ("down", "up"):
+                for key, value in getattr(module, sub).state_dict().items():
+                    tensors[f"{name}.{sub}.{key}"] = value
+    heads = head_modules(base)
+    for prefix in heads:
+        for key, value in base.get_submodule(prefix).state_dict().items():
+            full = f"{prefix}.{key}"
+            if not _is_mslr_param(full, info.mslr_modules) and "lora_" not in full:
+                tensors[full] = value
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(out / ADAPTER_TENSORS))
+
+    cfg = base.config
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
+        "family": info.family,
+        "method": info.method,
+        "base_model": getattr(cfg, "_name_or_path", None),
+        "model_type": cfg.model_type,
+        "num_labels": cfg.num_labels,
+        "id2label": {str(k): v for k, v in cfg.id2label.items()},
+        "peft_dir": peft_dir,
+        "tensors_file": ADAPTER_TENSORS,
+        "mslr": mslr,
+        "head_modules": heads,
+        "llama_head": {"inner": 16, "bias": False, "dropout": 0.1} if info.family == "llama" else None,
+        "adapters": {"modules": adapters, "bottleneck": info.config.get("adapter_bottleneck")}
+        if adapters else None,
+        "train_config": info.config,
+        "how_to_apply": (
+            "Load the base model as a sequence classifier with these labels (for Llama-family models, "
+            "replace `score` by dense(hidden->16)->dropout->out_proj(16->C), no biases); apply the PEFT "
+            "adapter in peft_dir; replace each MSLR module's Linear by W0 + (alpha/rank) R diag(K) L "
+            "(bias b0); load the remaining tensors by name. "
+            "core.defenses.methods.load_exported_adapter does all of it."),
+    }
+    (out / ADAPTER_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    return out
+
+
+@dataclass
+class _Labels:
+    id2label: dict[int, str]
+
+
+def load_exported_adapter(adapter_dir: str | Path, base_source: str | None = None
+                          ) -> tuple[nn.Module, Any]:
+    """Rebuild a trained model from `export_adapter` output plus the base checkpoint (eval mode)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from core.config import TrainConfig
+    from core.models.backbones import load_backbone
+
+    folder = Path(adapter_dir)
+    meta = json.loads((folder / ADAPTER_JSON).read_text(encoding="utf-8"))
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise ConfigError(f"{folder} is not a {ADAPTER_FORMAT} folder")
+    config = TrainConfig(**meta["train_config"])
+    labels = _Labels({int(k): v for k, v in meta["id2label"].items()})
+    model, tokenizer = load_backbone(base_source or meta["base_model"], labels, seed=config.seed)
+    model = apply_defense(model, config, meta["family"])
+    if meta.get("peft_dir"):
+        peft_weights = load_file(str(folder / meta["peft_dir"] / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, peft_weights)
+        # PEFT loads prefix embeddings itself but still lists "prompt_embeddings" as unexpected.
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if k != "prompt_embeddings"]
+        if unexpected:
+            raise ConfigError(f"PEFT weights do not fit the model: {unexpected[:5]}")
+    tensors = load_file(str(folder / meta["tensors_file"]))
+    base = unwrap(model)
+    own = dict(base.state_dict())
+    unknown = [k for k in tensors if k not in own]
+    if unknown:
+        raise ConfigError(f"adapter tensors do not fit the model: {unknown[:5]}")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            own[key].copy_(value)
+    model.eval()
+    return model, tokenizer
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) for every parameter that trains, in a stable order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """Small summary for logs and metrics.json."""
+    info = defense_info(model)
+    trainable = sum(p.numel() for _, p in trainable_parameters(model))
+    total = sum(p.numel() for p in model.parameters())
+    out: dict[str, Any] = {"trainable_params": trainable, "total_params": total}
+    if info is not None:
+        data = asdict(info)
+        data.pop("config", None)
+        out.update(data)
+    return out

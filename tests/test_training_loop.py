@@ -1,0 +1,278 @@
+"""The training loop: determinism, exact resume, cancellation, progress, selection, GA wiring,
+plus batching and prediction helpers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import core.training.loop as loop
+from core.config import TrainConfig, resolve_config
+from core.data.dataset import Example
+from core.defenses.methods import apply_defense
+from core.engine import ProgressEvent
+from core.errors import ConfigError, JobCancelled
+from core.models.backbones import load_backbone
+from core.training.batching import collate, length_sorted_batches
+from core.training.predict import predict_logits
+from tests.tiny_models import TinyLabels, make_tiny_model, shared_root, single_thread
+
+POS = "good great fine nice wonderful excellent".split()
+NEG = "bad awful poor boring dull terrible".split()
+FILL = "the movie film story plot was and it is this".split()
+
+
+def _rows(n: int, seed: int) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        y = rng.randint(0, 1)
+        words = rng.sample(FILL, rng.randint(2, 6))
+        words.insert(rng.randint(0, len(words)), rng.choice(POS if y else NEG))
+        out.append(Example(" ".join(words), y))
+    return out
+
+
+TRAIN, AUX, SELECT, PROBE = _rows(32, 1), _rows(12, 2), _rows(10, 3), _rows(6, 4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = shared_root(tmp_path_factory)
+    return lambda fam: make_tiny_model(fam, root)
+
+
+def _cfg(method: str = "muscle", **kw: Any) -> TrainConfig:
+    base = {"method": method, "epochs": 3, "batch_size": 8, "aux_batch_size": 4, "lr": 1e-3,
+            "eval_batch_size": 4, "max_length": 32, "device": "cpu"}
+    return resolve_config("reference").model_copy(update={**base, **kw})
+
+
+def _model(tiny, cfg: TrainConfig, fam: str = "bert", load_seed: int = 42):  # type: ignore[no-untyped-def]
+    model, tok = load_backbone(str(tiny(fam)), TinyLabels(2), seed=load_seed)
+    return apply_defense(model, cfg, fam), tok
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+def _strip_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for rec in history:
+        rec = {k: v for k, v in rec.items() if k not in ("seconds", "eval_seconds")}
+        if "ga" in rec:
+            timing = ("align_share_of_step",)
+            rec["ga"] = {k: v for k, v in rec["ga"].items() if "seconds" not in k and k not in timing}
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("fam,method", [("bert", "muscle"), ("llama", "muscle"), ("roberta", "vanilla")])
+def test_resume_after_kill_equals_uninterrupted_run(tiny, tmp_path: Path, fam: str, method: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg(method)
+    straight, tok = _model(tiny, cfg, fam)
+    full = loop.train(straight, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "a",
+                      monitors={"probe": PROBE})
+
+    first, tok = _model(tiny, cfg, fam)
+    steps_per_epoch = 4
+    seen: list[int] = []
+
+    def on_event(event: ProgressEvent) -> None:
+        if event.kind == "step":
+            seen.append(event.step or 0)
+
+    with pytest.raises(JobCancelled):  # "killed" at the first step of epoch 2
+        loop.train(first, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "b", progress=on_event,
+                   should_cancel=lambda: len(seen) >= steps_per_epoch + 1, monitors={"probe": PROBE})
+    assert seen[-1] == steps_per_epoch + 1
+
+    # A fresh process: rebuilt model, even with another head seed (the checkpoint restores the head).
+    resumed, tok = _model(tiny, cfg, fam, load_seed=7)
+    rest = loop.train(resumed, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "b", resume=True,
+                      monitors={"probe": PROBE})
+    assert rest.resumed_from_epoch == 1
+    assert rest.best_epoch == full.best_epoch
+    assert _strip_times(rest.per_epoch) == _strip_times(full.per_epoch)
+    assert _same(_state(resumed), _state(straight))
+    last_a = torch.load(tmp_path / "a" / loop.LAST, weights_only=True)["model"]
+    last_b = torch.load(tmp_path / "b" / loop.LAST, weights_only=True)["model"]
+    assert _same(last_a, last_b)
+
+
+def test_same_seed_same_result_other_seed_differs(tiny) -> None:  # type: ignore[no-untyped-def]
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        cfg = _cfg("muscle", epochs=2, seed=seed)
+        model, tok = _model(tiny, cfg)
+        loop.train(model, tok, TRAIN, AUX, SELECT, cfg)
+        return _state(model)
+
+    a, b, c = run(1), run(1), run(2)
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_cancel_raises_within_one_step(tiny) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("muscle")
+    model, tok = _model(tiny, cfg)
+    steps: list[int] = []
+    flag = {"cancel": False}
+
+    def on_event(event: ProgressEvent) -> None:
+        if event.kind == "step":
+            steps.append(event.step or 0)
+            flag["cancel"] = True  # the user presses cancel during the first step
+
+    with pytest.raises(JobCancelled):
+        loop.train(model, tok, TRAIN, AUX, SELECT, cfg, progress=on_event,
+                   should_cancel=lambda: flag["cancel"])
+    assert steps == [1]
+
+
+def test_progress_events_and_epoch_metrics(tiny) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("muscle")
+    model, tok = _model(tiny, cfg)
+    events: list[ProgressEvent] = []
+    out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, progress=events.append, monitors={"probe": PROBE})
+    steps = [e for e in events if e.kind == "step"]
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.step for e in steps] == list(range(1, 13))
+    assert all(e.total_steps == 12 and e.loss is not None and e.eta_seconds is not None for e in steps)
+    assert [e.epoch for e in steps[:4]] == [1, 1, 1, 1] and steps[-1].epoch == 3
+    assert all(e.eta_seconds >= 0 for e in steps)
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    rec = epochs[-1].metrics
+    assert rec is not None and set(rec) >= {"epoch", "train_loss", "select_accuracy", "monitors", "ga"}
+    assert set(rec["monitors"]) == {"probe"}
+    ga = rec["ga"]
+    assert ga["aligned_share"] + ga["mixed_share"] + ga["raw_share"] == pytest.approx(1.0)
+    assert ga["align_seconds"] <= ga["step_seconds"]
+    assert len(out.per_epoch) == 3 and out.per_epoch[-1] == rec
+
+
+def test_best_epoch_first_on_ties_and_monitors_never_choose(tiny, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    select_scores = [0.5, 0.75, 0.75]
+    monitor_scores = [0.1, 0.2, 0.99]
+
+    def fake_accuracy(model, tokenizer, rows, **kwargs):  # type: ignore[no-untyped-def]
+        return (select_scores if rows is SELECT else monitor_scores).pop(0)
+
+    monkeypatch.setattr(loop, "accuracy_on", fake_accuracy)
+    cfg = _cfg("muscle")
+    model, tok = _model(tiny, cfg)
+    out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path, monitors={"probe": PROBE})
+    assert out.best_epoch == 2
+    best = torch.load(tmp_path / "best-epoch2.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / loop.LAST, weights_only=True)["model"]
+    own = model.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in best.items())  # best weights are loaded at the end
+    assert any(not torch.equal(own[k], v) for k, v in last.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch2.pt", "last.pt"]  # no temp files
+
+
+def test_ga_runs_every_step_only_for_ga_methods(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    calls: list[int] = []
+    real = loop.apply_alignment
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "apply_alignment", spy)
+    for method, expected in [("muscle", 12), ("ga-only", 12), ("muscle-no-ms", 12), ("lora", 0),
+                             ("muscle-no-ga", 0)]:
+        calls.clear()
+        cfg = _cfg(method)
+        model, tok = _model(tiny, cfg)
+        out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg)
+        assert len(calls) == expected, method
+        assert ("ga" in out.per_epoch[0]) == (expected > 0)
+
+
+def test_gate_shares(tiny) -> None:  # type: ignore[no-untyped-def]
+    closed = _cfg("muscle", ga_gate_loss=100.0)  # never open: epoch 0 raw, then Eq. 8 with mu_e
+    model, tok = _model(tiny, closed)
+    hist = loop.train(model, tok, TRAIN, AUX, SELECT, closed).per_epoch
+    assert hist[0]["ga"]["raw_share"] == 1.0
+    assert hist[1]["ga"]["mixed_share"] == 1.0 and hist[1]["ga"]["mu"] == 0.0
+    assert hist[2]["ga"]["mu"] == pytest.approx(0.1 * 1 / 2)
+    always = _cfg("muscle", ga_gate_loss=0.0)
+    model, tok = _model(tiny, always)
+    hist = loop.train(model, tok, TRAIN, AUX, SELECT, always).per_epoch
+    assert all(rec["ga"]["aligned_share"] == 1.0 for rec in hist)
+
+
+def test_vanilla_learns_a_separable_task(tiny) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("vanilla", epochs=15, batch_size=16, lr=3e-3)
+    model, tok = _model(tiny, cfg)
+    train_rows, select_rows = _rows(64, 11), _rows(32, 12)
+    out = loop.train(model, tok, train_rows, [], select_rows, cfg)
+    assert out.per_epoch[-1]["train_loss"] < out.per_epoch[0]["train_loss"]
+    assert out.per_epoch[out.best_epoch - 1]["select_accuracy"] >= 0.9
+
+
+def test_resume_refuses_changed_settings_and_data(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("lora", epochs=1)
+    model, tok = _model(tiny, cfg)
+    loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path)
+    other = cfg.model_copy(update={"lr": 5e-4})
+    model, tok = _model(tiny, other)
+    with pytest.raises(ConfigError, match="lr"):
+        loop.train(model, tok, TRAIN, AUX, SELECT, other, ckpt_dir=tmp_path, resume=True)
+    model, tok = _model(tiny, cfg)
+    with pytest.raises(ConfigError, match="data"):
+        loop.train(model, tok, TRAIN[:-1], AUX, SELECT, cfg, ckpt_dir=tmp_path, resume=True)
+    # a finished run resumes to the same outcome without training again
+    model, tok = _model(tiny, cfg)
+    events: list[ProgressEvent] = []
+    out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path, resume=True,
+                     progress=events.append)
+    assert out.resumed_from_epoch == 1 and out.best_epoch == 1 and not events
+
+
+def test_input_errors(tiny) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("muscle")
+    model, tok = _model(tiny, cfg)
+    with pytest.raises(ConfigError, match="aux"):
+        loop.train(model, tok, TRAIN, [], SELECT, cfg)
+    with pytest.raises(ConfigError, match="label"):
+        loop.train(model, tok, [Example("good", 5)], AUX, SELECT, cfg)
+
+
+def test_collate_pads_per_batch_on_either_side() -> None:
+    rows = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1]}, {"input_ids": [8], "attention_mask": [1]}]
+    right = collate(rows, pad_id=0)
+    assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    left = collate(rows, pad_id=9, padding_side="left")
+    assert left["input_ids"].tolist() == [[5, 6, 7], [9, 9, 8]]
+    assert length_sorted_batches([1, 5, 3, 5], 2) == [[1, 3], [2, 0]]
+
+
+@pytest.mark.parametrize("fam", ["bert", "llama"])
+def test_predict_logits_keeps_input_order_and_ignores_padding(tiny, fam: str) -> None:  # type: ignore[no-untyped-def]
+    cfg = _cfg("muscle")
+    model, tok = _model(tiny, cfg, fam)
+    texts = [r.text for r in _rows(9, 5)] + ["good"]
+    batched = predict_logits(model, tok, texts, batch_size=4, max_length=32)
+    single = torch.cat([predict_logits(model, tok, [t], batch_size=1, max_length=32) for t in texts])
+    assert batched.shape == (10, 2)
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert model.training  # mode restored (apply_defense leaves the model in train mode)
+    assert predict_logits(model, tok, [], batch_size=4).shape == (0, 2)
