@@ -148,7 +148,7 @@ class ProgressBar:
             self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
         elif event.kind == "epoch":
             line = f"epoch {event.epoch}: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in (event.metrics or {}).items()
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (event.metrics or {}).items()
                 if not isinstance(v, dict))
             (self.bar.write if self.bar is not None else _stderr)(line)
         elif event.kind in ("phase", "log") and event.message:

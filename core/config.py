@@ -6,7 +6,7 @@ copy and is what the efficacy work tunes. Every field is recorded, fully resolve
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -74,6 +74,15 @@ class TrainConfig(BaseModel):
     # Adapter / prefix baselines.
     adapter_bottleneck: int = Field(8, ge=1)
     prefix_tokens: int = Field(8, ge=1)
+
+    # Canary calibration (issue: estimate backdoor suppression on the user's own data). A secret synthetic
+    # trigger is planted in a copy of the training data; a first run reads its ASR per epoch on held-back
+    # clean rows; the shipped model is trained again without it.
+    canary: bool = False
+    canary_rate: float = Field(0.05, gt=0, lt=0.5)
+    canary_max_asr: float = Field(0.2, ge=0, le=1)  # epochs above this canary ASR are not chosen
+    canary_grid: dict[str, list[Any]] | None = None  # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
+    fixed_epoch: int | None = Field(None, ge=1)  # ship this epoch instead of the best select accuracy
 
     # Data handling.
     select_fraction: float = Field(0.25, gt=0, lt=1)  # share of aux held back for epoch choice w/o --select
