@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,21 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:
 class ProgressBar:
     """Renders engine progress events as a tqdm bar (step, loss, ETA) plus one line per epoch."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, log_every_seconds: float = 60.0) -> None:
         self.enabled = enabled
         self.bar: Any = None
+        self.log_every = log_every_seconds
+        self.last_log = 0.0
 
     def __call__(self, event: Any) -> None:
-        if event.kind == "step" and self.enabled:
+        if event.kind == "step" and not self.enabled:  # logs: one line a minute instead of a bar
+            now = time.monotonic()
+            if now - self.last_log >= self.log_every or event.step == event.total_steps:
+                self.last_log = now
+                eta = f"{event.eta_seconds / 60:.1f} min" if event.eta_seconds is not None else "?"
+                _stderr(f"step {event.step}/{event.total_steps} epoch {event.epoch} loss {event.loss:.4f} "
+                        f"eta {eta}")
+        elif event.kind == "step":
             if self.bar is None:
                 from tqdm import tqdm
 
@@ -147,9 +157,11 @@ class ProgressBar:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
         elif event.kind == "epoch":
+            metrics = event.metrics or {}
+            shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+            shown.update({f"asr:{k}": v for k, v in (metrics.get("monitors") or {}).items()})
             line = f"epoch {event.epoch}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (event.metrics or {}).items()
-                if not isinstance(v, dict))
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             (self.bar.write if self.bar is not None else _stderr)(line)
         elif event.kind in ("phase", "log") and event.message:
             if event.phase in ("exporting", "evaluating", "done") and self.bar is not None:

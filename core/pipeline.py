@@ -59,8 +59,9 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
     from core.attacks.triggers import parse_trigger
 
     cols = {"text_column": inputs.text_column, "label_column": inputs.label_column}
-    for role, path in [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval),
-                       ("select", inputs.select), *[(f"probe:{k}", v) for k, v in inputs.probe_files.items()]]:
+    named = [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select),
+             *[(f"probe:{k}", v) for k, v in inputs.probe_files.items()]]
+    for role, path in named:
         if path is not None and not Path(path).is_file():
             raise DataError("file not found", file=str(path), role=role)
 
@@ -164,8 +165,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from core.defenses.methods import apply_defense, export_adapter, export_merged
-    from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
     from core.model_card import write_model_card
+    from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
     from core.training.loop import train
 
     emit = progress or (lambda event: None)
