@@ -223,6 +223,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "data_sha256": data.sha256,
         "wall_seconds": round(time.time() - started, 2),
         "train_seconds": round(outcome.wall_seconds, 2),
+        "resumed_from_epoch": outcome.resumed_from_epoch,
         "model_source": str(source) if config.model != "minilm" else "minilm (all-MiniLM-L6-v2, packaged)",
         "family": fam,
         "cacc_source": data.sources["cacc"],

@@ -1,0 +1,192 @@
+"""The `muscle` command end to end on a tiny random BERT: outputs, metrics, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.cli import main
+from core.config import resolve_config
+from core.engine import JobInputs
+from core.errors import JobCancelled
+from core.pipeline import run_pipeline
+from tests.fixtures_data import sentiment_rows, write_csv, write_jsonl, write_tsv
+from tests.tiny_models import make_tiny_model, single_thread
+
+REQUIRED_KEYS = {"cacc", "asr", "best_epoch", "per_epoch", "method", "config", "seed", "versions",
+                 "data_sha256", "wall_seconds"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model("bert", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "train": write_tsv(tmp_path / "train.tsv", sentiment_rows(48)),
+        "aux": write_csv(tmp_path / "aux.csv", sentiment_rows(16)),
+        "eval": write_jsonl(tmp_path / "eval.jsonl", sentiment_rows(20)),
+    }
+
+
+def train_args(files: dict[str, Path], model: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--train", str(files["train"]), "--aux", str(files["aux"]), "--eval", str(files["eval"]),
+            "--model", str(model), "--epochs", "2", "--batch-size", "8", "--max-length", "32",
+            "--probe", "badnets", "--out", str(out), "--no-progress", *extra]
+
+
+def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
+        files: dict[str, Path], tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "out"
+    assert main(train_args(files, tiny_bert, out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(metrics)
+    assert metrics["method"] == "muscle" and metrics["config"]["epochs"] == 2
+    assert len(metrics["per_epoch"]) == 2 and 1 <= metrics["best_epoch"] <= 2
+    assert set(metrics["asr"]) == {"badnets"} and 0 <= metrics["asr"]["badnets"] <= 1
+    assert metrics["data_sha256"]["train"] and "eval file" in metrics["cacc_source"]
+    assert (out / "adapter").is_dir() and (out / "model" / "README.md").is_file()
+    assert "Clean accuracy" in (out / "model" / "README.md").read_text()
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["cacc"] == metrics["cacc"]
+
+    # Anybody holding the artifacts can recompute CACC with plain transformers.
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    rows = sentiment_rows(20)
+    with torch.no_grad():
+        enc = tok([r["text"] for r in rows], padding=True, truncation=True, max_length=32, return_tensors="pt")
+        preds = model(**enc).logits.argmax(-1).tolist()
+    labels = [model.config.label2id[str(r["label"])] for r in rows]
+    assert sum(p == y for p, y in zip(preds, labels, strict=True)) / len(rows) == pytest.approx(metrics["cacc"])
+
+    # `muscle eval` on the folder reports the same CACC.
+    assert main(["eval", "--model", str(out / "model"), "--eval", str(files["eval"]), "--max-length", "32"]) == 0
+    assert json.loads(capsys.readouterr().out)["cacc"] == pytest.approx(metrics["cacc"])
+
+
+def test_no_eval_file_says_where_cacc_came_from(files: dict[str, Path], tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = train_args(files, tiny_bert, out)
+    i = args.index("--eval")
+    del args[i:i + 2]
+    assert main(args + ["--method", "lora", "--epochs", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cacc_source"].startswith("train hold-out")
+    assert metrics["selection_source"].startswith("aux hold-out")
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda f: f["aux"].write_text("text,label\nfine film,1\n,0\n"), ["aux.csv", "line 3", "'text'"]),
+    (lambda f: f["eval"].write_text('{"text": "ok", "label": 7}\n'), ["eval.jsonl", "line 1", "'label'"]),
+    (lambda f: f["train"].write_bytes(b"text\tlabel\ngood\t1\nbad \xff\t0\n"), ["train.tsv", "line 3"]),
+    (lambda f: f["train"].unlink(), ["train.tsv", "not found"]),
+])
+def test_bad_input_files_exit_2_naming_file_line_field(files, tiny_bert, tmp_path, capsys, mutate, expect):
+    mutate(files)
+    assert main(train_args(files, tiny_bert, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    for piece in expect:
+        assert piece in err, err
+    assert not (tmp_path / "out" / "checkpoints").exists()  # refused before any training
+
+
+@pytest.mark.parametrize("extra, expect", [
+    (["--set", "no_such_setting=1"], "unknown setting"),
+    (["--epochs", "0"], "epochs"),
+    (["--method", "magic"], "invalid choice"),
+    (["--probe", "trojan"], "trojan"),
+    (["--target-label", "7"], "target label '7'"),
+])
+def test_bad_arguments_exit_2(files, tiny_bert, tmp_path, capsys, extra, expect):
+    with pytest.raises(SystemExit) as exc_info:
+        code = main(train_args(files, tiny_bert, tmp_path / "out", *extra))
+        raise SystemExit(code)
+    assert exc_info.value.code == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_poison_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_tsv(tmp_path / "clean.tsv", sentiment_rows(40))
+    out = tmp_path / "poisoned.csv"
+    assert main(["poison", "--in", str(src), "--out", str(out), "--attack", "addsent", "--rate", "0.25"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["poisoned"] == 10 and summary["mode"] == "mix"
+    text = out.read_text()
+    assert text.count("I watch this 3D movie") == 10
+    assert main(["poison", "--in", str(src), "--out", str(out), "--attack", "badnets", "--rate", "1.5"]) == 2
+
+
+def test_existing_checkpoints_need_resume(files, tiny_bert, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    assert main(train_args(files, tiny_bert, out)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(files, tiny_bert, tmp_path) -> None:
+    config = resolve_config("default", {"model": str(tiny_bert), "epochs": 3, "batch_size": 8,
+                                        "max_length": 32})
+    inputs = JobInputs(train=files["train"], aux=files["aux"], eval=files["eval"], probes=("badnets",))
+    straight = run_pipeline(inputs, config, tmp_path / "straight", None, None, resume=False)
+
+    steps = {"n": 0}
+
+    def cancel_in_epoch_two() -> bool:
+        steps["n"] += 1
+        return steps["n"] > 8  # 6 steps per epoch: stops inside epoch 2
+
+    with pytest.raises(JobCancelled):
+        run_pipeline(inputs, config, tmp_path / "cut", None, cancel_in_epoch_two, resume=True)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = run_pipeline(inputs, config, tmp_path / "cut", None, None, resume=True)
+    for key in ("cacc", "asr", "best_epoch"):
+        assert resumed.metrics[key] == straight.metrics[key]
+    sel = [e["select_accuracy"] for e in resumed.metrics["per_epoch"]]
+    assert sel == [e["select_accuracy"] for e in straight.metrics["per_epoch"]]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_finishes(files, tiny_bert, tmp_path) -> None:
+    out = tmp_path / "out"
+    args = train_args(files, tiny_bert, out)
+    args[args.index("--epochs") + 1] = "40"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint before the deadline"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    done_epochs = int(ck["epoch"])
+    assert 1 <= done_epochs < 40
+    args[args.index("--epochs") + 1] = "40"
+    run = subprocess.run([sys.executable, "-m", "core.cli", *args, "--resume"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["per_epoch"]) == 40
+    assert metrics["resumed_from_epoch"] >= done_epochs  # continued, not restarted
