@@ -164,6 +164,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
                  explicit_keys: set[str] | None = None) -> JobResult:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from core.canary_run import maybe_calibrate
     from core.defenses.methods import apply_defense, export_adapter, export_merged
     from core.model_card import write_model_card
     from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
@@ -188,6 +189,9 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     model, tokenizer = load_backbone(source, data.label_map, seed=config.seed)
     fam = family(model)
     config = family_adjusted(config, fam, explicit_keys or set())
+    # Canary calibration (optional) may pick the epoch and settings; it must run before the defense is
+    # built because the chosen settings can change it. No planted trigger reaches the shipped model.
+    config, canary = maybe_calibrate(config, data, source, fam, tokenizer, out_dir, emit, should_cancel, resume)
     model = apply_defense(model, config, fam)
 
     emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
@@ -231,6 +235,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "scored": scored,
         "data": data.summary(),
     }
+    if canary:
+        metrics.update({"canary": canary, "canary_asr": canary["canary_asr"]})
     write_json_atomic(metrics_path, metrics)
     if model_dir is not None:
         write_model_card(model_dir / "README.md", metrics)

@@ -190,3 +190,13 @@ def test_kill_9_mid_run_then_resume_finishes(files, tiny_bert, tmp_path) -> None
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["per_epoch"]) == 40
     assert metrics["resumed_from_epoch"] >= done_epochs  # continued, not restarted
+
+
+def test_canary_calibration_reports_canary_asr_and_ships_no_canary(files, tiny_bert, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert main(train_args(files, tiny_bert, out, "--set", "canary=true", "--set", "canary_rate=0.1")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["canary_asr"] <= 1
+    assert metrics["config"]["fixed_epoch"] == metrics["best_epoch"]
+    assert "tokens" not in metrics["canary"] and len(metrics["canary"]["tokens_sha256"]) == 64  # secret kept
+    assert not (out / "canary" / "cand0").exists()  # models carrying the planted trigger are removed

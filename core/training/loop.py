@@ -9,7 +9,8 @@ alignment (`core.defenses.alignment`); then ``clip_grad_norm_``, ``optimizer.ste
 
 After each epoch: accuracy on ``select`` (clean held-back rows) chooses the best epoch (highest, first
 on ties); ``monitors`` (e.g. probes) are reported but never used for the choice. The best epoch's
-trainable state is loaded at the end.
+trainable state is loaded at the end. ``config.fixed_epoch`` (canary calibration) overrides the choice:
+that epoch is the best, and the run stops after it on the full run's LR schedule.
 
 Checkpoints (``ckpt_dir``): ``last.pt`` after every epoch holds the trainable tensors (plus the frozen
 random head and MSLR tensors, so a rebuilt model matches exactly), optimizer, scheduler, GradScaler,
@@ -224,7 +225,14 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     bs = int(config.batch_size)
     steps_per_epoch = math.ceil(n / bs)
     epochs = int(config.epochs)
-    total_steps = steps_per_epoch * epochs
+    total_steps = steps_per_epoch * epochs  # the LR schedule always spans every configured epoch
+    # `fixed_epoch` (set by canary calibration) ships that epoch: stop after it, on the full run's
+    # schedule, so its weights equal the calibration run's at that epoch (same seed and data size).
+    fixed = getattr(config, "fixed_epoch", None)
+    if fixed is not None and not 1 <= int(fixed) <= epochs:
+        raise ConfigError(f"fixed_epoch {fixed} is outside 1..epochs ({epochs})")
+    run_epochs = epochs if fixed is None else int(fixed)
+    run_steps = steps_per_epoch * run_epochs
     aux_bs = min(int(config.aux_batch_size), len(aux_rows)) if use_ga else 0
 
     from transformers import get_linear_schedule_with_warmup
@@ -288,7 +296,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     steps_timed = 0
     eval_seconds_last = 0.0
     global_step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, run_epochs):
         epoch_start = time.perf_counter()
         model.train()
         order = torch.randperm(n, generator=train_gen)
@@ -357,10 +365,10 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             steps_seconds += took
             step_seconds_sum += took
             steps_timed += 1
-            remaining = total_steps - global_step
-            eta = (step_seconds_sum / steps_timed) * remaining + eval_seconds_last * (epochs - epoch)
+            remaining = run_steps - global_step
+            eta = (step_seconds_sum / steps_timed) * remaining + eval_seconds_last * (run_epochs - epoch)
             emit(ProgressEvent(kind="step", phase="training", epoch=epoch + 1, step=global_step,
-                               total_steps=total_steps, loss=loss_value, eta_seconds=eta))
+                               total_steps=run_steps, loss=loss_value, eta_seconds=eta))
 
         # ---- epoch end: selection accuracy and monitors (eval mode, no dropout, no RNG use)
         t_eval = time.perf_counter()
@@ -394,6 +402,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             }
         score = select_acc if select_acc is not None else -math.inf
         improved = score > best_score or best_epoch == 0 or (select_acc is None)
+        if fixed is not None:
+            improved = epoch + 1 == fixed
         if improved:
             best_score = score if select_acc is not None else best_score
             best_epoch = epoch + 1
@@ -402,9 +412,10 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         history.append(record)
 
         if folder is not None:
-            best_file = _best_name(best_epoch)
+            # None until the fixed epoch is reached (fixed_epoch: earlier epochs are never "best")
+            best_file = _best_name(best_epoch) if best_epoch else None
             if improved:
-                _atomic_save({"epoch": best_epoch, "model": best_state}, folder / best_file)
+                _atomic_save({"epoch": best_epoch, "model": best_state}, folder / _best_name(best_epoch))
             _atomic_save({
                 "format": CKPT_FORMAT,
                 "epoch": epoch + 1,  # epochs completed
@@ -421,7 +432,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             }, folder / LAST)
             _clear_checkpoints(folder, keep=best_file)
         emit(ProgressEvent(kind="epoch", phase="training", epoch=epoch + 1, step=global_step,
-                           total_steps=total_steps, loss=record["train_loss"], metrics=record))
+                           total_steps=run_steps, loss=record["train_loss"], metrics=record))
 
     if best_state is not None:
         load_snapshot(model, best_state)

@@ -1,0 +1,329 @@
+"""Canary calibration of a job: train candidate settings on a canary-planted copy of the training data,
+choose the epoch (and optionally the setting) by canary ASR against clean selection accuracy, and hand
+back the chosen config with ``fixed_epoch`` set. The shipped model is then trained on the user's data
+without the canary (`maybe_calibrate` is the pipeline's entry point).
+
+Files under ``out_dir/canary``: ``secret`` (the per-job secret, so an interrupted calibration resumes
+with the same canary) and ``cand{i}/`` checkpoints while it runs; once a report exists they are deleted,
+since they hold models carrying the planted trigger and the means to rebuild it; ``report.json`` (the
+chosen config and the public report) makes a resumed job skip calibration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from core.config import TrainConfig
+from core.data.dataset import Example
+from core.defenses.canary import canary_probe, choose_epoch, choose_setting, new_secret, plant_canary
+from core.engine import CancelCheck, ProgressCallback, ProgressEvent
+from core.errors import ConfigError
+
+if TYPE_CHECKING:  # core.pipeline imports this module; avoid the cycle at run time
+    from torch import nn
+
+    from core.pipeline import PreparedData
+
+CANARY_DIR = "canary"
+REPORT = "report.json"
+SECRET = "secret"
+CANARY = "canary"  # monitor: triggered select rows (accuracy = canary ASR)
+FLOOR = "canary_floor"  # monitor: the same rows untriggered (share of clean rows already called target)
+# Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
+NOT_IN_GRID = frozenset({"canary", "canary_rate", "canary_max_asr", "canary_grid", "fixed_epoch", "profile",
+                         "model", "target_label", "select_fraction", "eval_holdout_fraction",
+                         "min_aux_per_class", "device", "precision", "checkpoint_every_epoch"})
+
+
+@dataclass
+class CanaryReport:
+    config: TrainConfig  # the chosen setting, with fixed_epoch = the chosen epoch
+    canary_asr: float
+    canary_select_accuracy: float | None
+    epoch: int
+    candidates: list[dict[str, Any]]
+    reason: str
+    spec: dict[str, Any]  # CanarySpec.public(): no tokens, only their sha256
+    chosen: int = 0
+    max_asr: float = 0.0
+    probe_rows: int = 0
+    target_label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What metrics.json holds under "canary" (JSON-safe; never the tokens)."""
+        return {
+            "canary_asr": self.canary_asr,
+            "select_accuracy": self.canary_select_accuracy,
+            # Clean non-target rows already called the canary class: an ASR near this is no backdoor.
+            "canary_floor": self.candidates[self.chosen].get("canary_floor"),
+            "epoch": self.epoch,
+            "reason": self.reason,
+            "chosen_candidate": self.chosen,
+            "settings": self.candidates[self.chosen]["settings"],
+            "max_asr": self.max_asr,
+            "probe_rows": self.probe_rows,
+            # The probe is small when the selection set is: say how far the estimate can be trusted.
+            "canary_asr_ci95": wilson_interval(self.canary_asr, self.probe_rows),
+            "target_label": self.target_label,
+            **self.spec,
+            "candidates": self.candidates,
+            "note": ("canary_asr: attack success of a secret synthetic dirty-label trigger planted at "
+                     f"rate {self.spec.get('rate')} in a copy of the training data, on held-back clean "
+                     "selection rows, at the chosen setting and epoch; an estimate of how well this "
+                     "training suppresses a backdoor. The shipped model was trained without the canary."),
+        }
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval of a proportion measured on ``n`` rows (None without rows)."""
+    if n <= 0:
+        return None
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Candidates
+
+
+def grid_candidates(config: TrainConfig) -> list[tuple[dict[str, Any], TrainConfig]]:
+    """(settings, config) for each point of ``config.canary_grid`` (cartesian product, in the grid's
+    order); one candidate, ``config`` itself, without a grid. Values are validated like user input
+    (``model_copy(update=...)`` would not validate them)."""
+    grid = config.canary_grid or {}
+    unknown = sorted(set(grid) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"canary_grid: unknown settings {unknown}")
+    refused = sorted(set(grid) & NOT_IN_GRID)
+    if refused:
+        raise ConfigError(f"canary_grid cannot vary {refused}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"canary_grid[{key!r}] must be a non-empty list of values")
+    keys = list(grid)
+    base = config.model_dump()
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        settings = dict(zip(keys, values, strict=True))
+        try:
+            candidate = TrainConfig(**{**base, **settings})
+        except ValidationError as exc:
+            raise ConfigError(f"canary_grid point {settings} is not a valid setting: {exc}") from exc
+        out.append((settings, candidate))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_secret(path: Path, secret: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner only: it rebuilds the canary
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{secret}\n")
+    os.replace(tmp, path)
+
+
+def _fingerprint(config: TrainConfig, data: PreparedData) -> str:
+    """What a cached report depends on: the non-runtime settings and the rows it trained/selected on."""
+    from core.training.loop import RUNTIME_FIELDS, _fingerprint_rows
+
+    settings = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
+    payload = json.dumps({"config": settings, "train": _fingerprint_rows(data.train),
+                          "aux": _fingerprint_rows(data.aux), "select": _fingerprint_rows(data.select)},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _load_report(path: Path, fingerprint: str) -> CanaryReport:
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        raise ConfigError(f"cannot resume from {path}: the settings or data changed since the canary "
+                          "calibration ran; start afresh (resume=False)")
+    public = saved["report"]
+    spec_keys = ("target", "rate", "seed", "rows_planted", "num_tokens", "tokens_sha256")
+    return CanaryReport(config=TrainConfig(**saved["config"]), canary_asr=public["canary_asr"],
+                        canary_select_accuracy=public["select_accuracy"], epoch=public["epoch"],
+                        candidates=public["candidates"], reason=public["reason"],
+                        spec={k: public[k] for k in spec_keys}, chosen=public["chosen_candidate"],
+                        max_asr=public["max_asr"], probe_rows=public["probe_rows"],
+                        target_label=public["target_label"], extra={"resumed": True})
+
+
+# ----------------------------------------------------------------------------------------------------
+# The calibration
+
+
+def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tokenizer: Any,
+                          data: PreparedData, config: TrainConfig, out_dir: Path,
+                          progress: ProgressCallback | None = None, should_cancel: CancelCheck | None = None,
+                          resume: bool = False, secret: int | None = None) -> CanaryReport:
+    """Train every candidate setting on the canary-planted training data and choose epoch and setting.
+
+    ``model_factory(candidate_config)`` returns a fresh defended model (as `apply_defense` does).
+    ``data.select`` is the held-back clean data: selection accuracy on it, and the canary probe built
+    from its rows. ``secret`` (tests) fixes the canary; by default it is drawn from os.urandom once per
+    job and kept in ``out_dir/canary/secret`` until the report is written. Raises `JobCancelled` via
+    the training loop when ``should_cancel()`` turns True; ``resume=True`` continues from there.
+    """
+    from core.training.loop import train
+
+    emit = progress or (lambda event: None)
+    folder = Path(out_dir) / CANARY_DIR
+    report_path, secret_path = folder / REPORT, folder / SECRET
+    fingerprint = _fingerprint(config, data)
+    if resume and report_path.is_file():
+        emit(ProgressEvent(kind="log", phase="training", message="canary calibration already done"))
+        return _load_report(report_path, fingerprint)
+    if not resume or not secret_path.is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # stale candidates would hold another canary
+    folder.mkdir(parents=True, exist_ok=True)
+    if secret is None:
+        secret = int(secret_path.read_text()) if secret_path.is_file() else new_secret()
+    _write_secret(secret_path, secret)
+
+    candidates = grid_candidates(config)  # validate before any training
+    if not data.select:
+        raise ConfigError("canary calibration needs held-back clean selection rows")
+    num_labels = len(data.label_map.id2label)
+    planted, spec = plant_canary(data.train, num_labels, config.canary_rate, config.seed, secret=secret,
+                                 avoid_texts=[e.text for e in (*data.aux, *data.select)])
+    probe = canary_probe(data.select, spec)
+    if not probe:
+        raise ConfigError("canary calibration: every selection row has the canary's class; the canary "
+                          "ASR cannot be measured (add selection rows of other classes)")
+    # The same rows, untriggered: how often clean rows are already called the canary class (ASR floor).
+    floor = [Example(text=e.text, label=spec.target, line=e.line, orig_label=e.label, poisoned=False)
+             for e in data.select if e.label != spec.target]
+    monitors = {CANARY: probe, FLOOR: floor}
+    emit(ProgressEvent(kind="phase", phase="training",
+                       message=f"canary calibration: {len(candidates)} candidate setting(s), "
+                               f"{spec.rows_planted} canary rows planted"))
+
+    results: list[dict[str, Any]] = []
+    for i, (settings, candidate) in enumerate(candidates):
+        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the job's settings"
+        emit(ProgressEvent(kind="log", phase="training",
+                           message=f"canary calibration: candidate {i + 1}/{len(candidates)} ({label})",
+                           metrics={"candidate": i, "settings": settings}))
+        model = model_factory(candidate)
+        outcome = train(model, tokenizer, planted, data.aux, data.select, candidate,
+                        ckpt_dir=folder / f"cand{i}", progress=_relay(emit, i, len(candidates)),
+                        should_cancel=should_cancel, resume=resume, monitors=monitors)
+        del model
+        _free_device_memory()
+        if candidate.fixed_epoch is not None:  # the user fixed the epoch: only the setting is chosen
+            epoch, reason = candidate.fixed_epoch, f"epoch {candidate.fixed_epoch}: fixed_epoch set"
+        else:
+            epoch, reason = choose_epoch(outcome.per_epoch, CANARY, max_asr=config.canary_max_asr)
+        rec = outcome.per_epoch[epoch - 1]
+        results.append({
+            "candidate": i,
+            "settings": settings,
+            "epoch": epoch,
+            "select_accuracy": rec["select_accuracy"],
+            "canary_asr": rec["monitors"][CANARY],
+            "canary_floor": rec["monitors"][FLOOR],
+            "reason": reason,
+            "per_epoch": [{"epoch": r["epoch"], "select_accuracy": r["select_accuracy"],
+                           "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR]}
+                          for r in outcome.per_epoch],
+        })
+
+    chosen = choose_setting(results, max_asr=config.canary_max_asr)
+    best = results[chosen]
+    reason = best["reason"]
+    if len(results) > 1:
+        qualified = best["canary_asr"] <= config.canary_max_asr
+        reason = (f"candidate {chosen} ({', '.join(f'{k}={v}' for k, v in best['settings'].items())}): "
+                  + ("highest selection accuracy among settings within the canary ASR limit"
+                     if qualified else "no setting kept the canary ASR within the limit; lowest canary ASR")
+                  + f"; {reason}")
+    report = CanaryReport(
+        config=candidates[chosen][1].model_copy(update={"fixed_epoch": best["epoch"]}),
+        canary_asr=best["canary_asr"], canary_select_accuracy=best["select_accuracy"], epoch=best["epoch"],
+        candidates=results, reason=reason, spec=spec.public(), chosen=chosen,
+        max_asr=config.canary_max_asr, probe_rows=len(probe),
+        target_label=str(data.label_map.id2label[spec.target]))
+    _write_json_atomic(report_path, {"fingerprint": fingerprint,
+                                     "config": report.config.model_dump(mode="json"),
+                                     "report": report.to_dict()})
+    # The candidates' checkpoints carry the planted trigger and the secret rebuilds it: neither may
+    # outlive the calibration (the report above is enough to resume).
+    for i in range(len(candidates)):
+        shutil.rmtree(folder / f"cand{i}", ignore_errors=True)
+    secret_path.unlink(missing_ok=True)
+    emit(ProgressEvent(kind="log", phase="training",
+                       message=f"canary calibration chose {reason}; canary ASR {report.canary_asr:.4f}",
+                       metrics={"canary_asr": report.canary_asr, "epoch": report.epoch,
+                                "settings": best["settings"]}))
+    return report
+
+
+def _relay(emit: ProgressCallback, index: int, total: int) -> ProgressCallback:
+    """Step events pass through (liveness, ETA); a candidate's epoch events become log lines, so the
+    job's per-epoch records stay those of the shipped run."""
+    def relay(event: ProgressEvent) -> None:
+        if event.kind != "epoch":
+            emit(event)
+            return
+        m = event.metrics or {}
+        mon = m.get("monitors") or {}
+        acc, asr = m.get("select_accuracy"), mon.get(CANARY)
+        emit(ProgressEvent(
+            kind="log", phase="training",
+            message=(f"canary candidate {index + 1}/{total}, epoch {event.epoch}: selection accuracy "
+                     f"{acc if acc is None else round(acc, 4)}, canary ASR "
+                     f"{asr if asr is None else round(asr, 4)}"),
+            metrics={"candidate": index, "epoch": event.epoch, "select_accuracy": acc, "canary_asr": asr,
+                     "canary_floor": mon.get(FLOOR)}))
+    return relay
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def maybe_calibrate(config: TrainConfig, data: PreparedData, source: str | Path, fam: str, tokenizer: Any,
+                    out_dir: Path, progress: ProgressCallback | None = None,
+                    should_cancel: CancelCheck | None = None, resume: bool = False,
+                    ) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The pipeline's hook: (config, None) without ``config.canary``; else calibrate and return the
+    chosen config (``fixed_epoch`` set) and the report for metrics.json. Call it before `apply_defense`
+    on the shipped model, since the chosen setting may change the defense."""
+    if not config.canary:
+        return config, None
+    from core.defenses.methods import apply_defense
+    from core.models.backbones import load_backbone
+
+    def factory(candidate: TrainConfig) -> nn.Module:
+        # Same load seed as the shipped model, so a candidate starts where the final run starts.
+        model, _ = load_backbone(str(source), data.label_map, seed=candidate.seed)
+        return apply_defense(model, candidate, fam)
+
+    report = calibrate_with_canary(factory, tokenizer, data, config, out_dir, progress, should_cancel,
+                                   resume)
+    return report.config, report.to_dict()
