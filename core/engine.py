@@ -60,8 +60,13 @@ CancelCheck = Callable[[], bool]
 
 
 def run_job(inputs: JobInputs, config: Any, out_dir: Path, progress: ProgressCallback | None = None,
-            should_cancel: CancelCheck | None = None, resume: bool = True) -> JobResult:
-    """Validate, train with the configured defense, evaluate, export. See module docstring."""
+            should_cancel: CancelCheck | None = None, resume: bool = True,
+            explicit_keys: set[str] | None = None) -> JobResult:
+    """Validate, train with the configured defense, evaluate, export. See module docstring.
+
+    `explicit_keys` names the settings the user chose; family presets (Llama under `reference`) never
+    override those.
+    """
     from core.pipeline import run_pipeline  # heavy imports (torch) only when a job runs
 
-    return run_pipeline(inputs, config, Path(out_dir), progress, should_cancel, resume)
+    return run_pipeline(inputs, config, Path(out_dir), progress, should_cancel, resume, explicit_keys)

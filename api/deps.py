@@ -1,0 +1,61 @@
+"""Request dependencies: settings, a database session, the artifact store, the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.queue import Dispatcher
+from core.jobs.artifacts import ArtifactStore
+from core.jobs.auth import lookup_key
+from core.jobs.db import get_sessionmaker
+from core.jobs.models import ApiKey
+from core.jobs.settings import Settings
+
+bearer = HTTPBearer(auto_error=False, description="an API key made by `muscle apikey create`")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    session = get_sessionmaker(request.app.state.settings.database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DbDep = Annotated[Session, Depends(get_db)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+
+def current_key(db: DbDep,
+                creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
+                       headers=unauthorized)
+    key = lookup_key(db, creds.credentials)
+    if key is None:
+        raise ApiError(401, "unauthorized", "invalid API key", headers=unauthorized)
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(current_key)]

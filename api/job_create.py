@@ -1,0 +1,201 @@
+"""POST /jobs: stage files, honour Idempotency-Key, validate with the engine, store, queue.
+
+Nothing is queued before the engine's own validation (core.pipeline.validate_inputs) has read every
+file; a bad file is answered 422 naming the file, line and field, and leaves no job behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from fastapi import UploadFile
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import ApiError
+from api.job_config import JOB_KEYS, JobOptions, parse_config
+from api.queue import Dispatcher
+from api.uploads import StagedFile, extension, probe_name, remove, stage
+from core.engine import JobInputs
+from core.errors import MuscleError
+from core.jobs.artifacts import ArtifactStore, job_prefix
+from core.jobs.events import add_event
+from core.jobs.ids import new_id
+from core.jobs.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, utcnow
+from core.jobs.settings import Settings
+from core.jobs.userfiles import json_safe, user_error
+
+log = logging.getLogger("api.jobs")
+
+
+@dataclass
+class Created:
+    job: Job
+    replayed: bool
+
+
+def _request_hash(options: JobOptions, files: list[StagedFile]) -> str:
+    canonical = {"config": options.request,
+                 "files": sorted([f.role, f.filename, f.sha256] for f in files)}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(db: Session, owner: ApiKey, key: str, request_hash: str, ttl: int) -> Job | None:
+    """The job an earlier request with this key made, or None when the key is new (or expired)."""
+    row = db.get(IdempotencyKey, (owner.id, key))
+    if row is None:
+        return None
+    if row.created_at < utcnow() - timedelta(seconds=ttl):
+        db.delete(row)
+        db.commit()
+        return None
+    if row.request_hash != request_hash:
+        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different "
+                       "request; use a new key for a new job", param="Idempotency-Key")
+    job = db.get(Job, row.job_id)
+    if job is None:
+        return None
+    if job.status == VALIDATING:
+        raise ApiError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is "
+                       "still being processed; retry shortly", param="Idempotency-Key")
+    return job
+
+
+def _stage_all(folder: Path, settings: Settings, train: UploadFile, aux: UploadFile,
+               eval_file: UploadFile | None, probe_files: list[UploadFile]) -> list[StagedFile]:
+    if len(probe_files) > settings.max_probe_files:
+        raise ApiError(422, "too_many_files", f"at most {settings.max_probe_files} probe files",
+                       param="probe_file")
+    named: list[tuple[str, UploadFile, str]] = []
+    for role, upload in (("train", train), ("aux", aux), ("eval", eval_file)):
+        if upload is not None:
+            named.append((role, upload, f"{role}{extension(role, upload.filename)}"))
+    seen: set[str] = set()
+    for upload in probe_files:
+        name = probe_name(upload.filename)
+        if name in seen:
+            raise ApiError(422, "invalid_file", f"two probe files are named {name!r}", param="probe_file",
+                           file=upload.filename)
+        seen.add(name)
+        named.append((f"probe:{name}", upload, f"probe-{name}{extension('probe_file', upload.filename)}"))
+    return [stage(role, upload.file, upload.filename, folder / stored, settings.max_rows)
+            for role, upload, stored in named]
+
+
+def _inputs(files: list[StagedFile], options: JobOptions) -> JobInputs:
+    by_role = {f.role: f.path for f in files}
+    return JobInputs(
+        train=by_role["train"], aux=by_role["aux"], eval=by_role.get("eval"),
+        probe_files={r.split(":", 1)[1]: p for r, p in by_role.items() if r.startswith("probe:")},
+        probes=tuple(options.probes), text_column=options.text_column, label_column=options.label_column)
+
+
+def _user_error(exc: MuscleError, files: list[StagedFile]) -> ApiError:
+    """The engine names our staged paths; give the client back its own file names."""
+    body = user_error(exc, {str(f.path): (f.filename, f.role) for f in files})
+    return ApiError(422, str(body.pop("code")), str(body.pop("message")), **body)
+
+
+def _validate(inputs: JobInputs, options: JobOptions) -> dict[str, Any]:
+    from core.pipeline import validate_inputs  # reads every file with the engine's own readers
+
+    result = validate_inputs(inputs, options.train)
+    summary = result.summary() if hasattr(result, "summary") else result
+    return json_safe(summary or {})  # int label ids -> str keys, NaN -> null
+
+
+def _reserve(db: Session, settings: Settings, owner: ApiKey, options: JobOptions, request_hash: str,
+             idempotency_key: str | None) -> Created:
+    """Insert the job as `validating` (with its idempotency key), or find the one a retry refers to."""
+    if idempotency_key and (job := _replay(db, owner, idempotency_key, request_hash,
+                                           settings.idempotency_ttl_seconds)):
+        return Created(job, replayed=True)
+    job = Job(id=new_id("job"), owner_id=owner.id, status=VALIDATING, created_at=utcnow(),
+              request_config=options.request, config=options.train.model_dump(mode="json"),
+              inputs={}, job_metadata=options.metadata)
+    db.add(job)
+    db.flush()  # the job row first: the idempotency row references it
+    if idempotency_key:
+        db.add(IdempotencyKey(owner_id=owner.id, key=idempotency_key, request_hash=request_hash,
+                              job_id=job.id))
+    add_event(db, job.id, "job.created", "Job created; validating files.")
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()  # a concurrent request with the same key won the insert
+        replay = _replay(db, owner, idempotency_key or "", request_hash, settings.idempotency_ttl_seconds)
+        if replay is None:
+            raise
+        return Created(replay, replayed=True)
+    return Created(job, replayed=False)
+
+
+def _accept(db: Session, store: ArtifactStore, job: Job, files: list[StagedFile],
+            options: JobOptions) -> None:
+    """Validate with the engine, store the inputs, mark queued. Any failure removes the job."""
+    try:
+        validation = _validate(_inputs(files, options), options)
+        prefix = job_prefix(job.id) + "inputs/"
+        for f in files:
+            store.put_file(prefix + f.path.name, f.path)
+    except BaseException as exc:
+        db.rollback()
+        db.execute(delete(Job).where(Job.id == job.id))
+        db.commit()
+        store.delete_prefix(job_prefix(job.id))
+        if isinstance(exc, MuscleError):
+            raise _user_error(exc, files) from exc
+        raise
+    job.inputs = {"files": {f.role: f.info(prefix + f.path.name) for f in files},
+                  "probes": options.probes, "text_column": options.text_column,
+                  "label_column": options.label_column,
+                  # settings the client chose (the engine's per-family presets leave them alone)
+                  "explicit_keys": sorted(k for k in options.request if k not in JOB_KEYS)}
+    job.validation = validation
+    job.status = QUEUED
+    add_event(db, job.id, "job.validated", "Files validated.", data=validation)
+    add_event(db, job.id, "job.queued", "Job queued.")
+    db.commit()
+
+
+def _dispatch(db: Session, dispatcher: Dispatcher, job: Job) -> None:
+    try:
+        dispatcher.send(job.id)
+        job.dispatched_at = utcnow()
+    except Exception as exc:  # noqa: BLE001 - broker down: the job is accepted; a sweep sends it later
+        log.warning("could not queue %s: %s", job.id, exc)
+        add_event(db, job.id, "warning", "The queue is unreachable; the job will be sent when it is "
+                  "back.", level="warn")
+    db.commit()
+
+
+def create_job(db: Session, settings: Settings, store: ArtifactStore, dispatcher: Dispatcher, owner: ApiKey,
+               train: UploadFile, aux: UploadFile, eval_file: UploadFile | None,
+               probe_files: list[UploadFile], config_text: str | None,
+               idempotency_key: str | None) -> Created:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-255 characters",
+                       param="Idempotency-Key")
+    options = parse_config(config_text)
+    tmp_root = settings.data_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+    try:
+        files = _stage_all(folder, settings, train, aux, eval_file, probe_files)
+        created = _reserve(db, settings, owner, options, _request_hash(options, files), idempotency_key)
+        if created.replayed:
+            return created
+        _accept(db, store, created.job, files, options)
+    finally:
+        remove(folder)
+    _dispatch(db, dispatcher, created.job)
+    db.refresh(created.job)
+    return created

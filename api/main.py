@@ -1,0 +1,42 @@
+"""The FastAPI app: `uvicorn api.main:app` (settings from MUSCLE_* environment variables)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.limits import UploadLimitMiddleware
+from api.metrics import STATUS_COLLECTOR, MetricsMiddleware
+from api.queue import Dispatcher
+from api.routers import artifacts, events, health, jobs
+from core.jobs.artifacts import open_store
+from core.jobs.settings import Settings, get_settings
+
+DESCRIPTION = """Train a clean text classifier from an untrusted, possibly backdoor-poisoned dataset with
+the MuScleLoRA defense. Every endpoint except /healthz, /readyz, /metrics and the docs needs
+`Authorization: Bearer <API key>` (make one with `muscle apikey create --name NAME`).
+
+Statuses: `validating -> queued -> running -> evaluating -> succeeded | failed`, and on cancel
+`cancelling -> cancelled`. Terminal: `succeeded`, `failed`, `cancelled`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(title="MuScleLoRA job service", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.store = open_store(settings)
+    app.state.dispatcher = Dispatcher(settings)
+    STATUS_COLLECTOR.database_url = settings.database_url
+    install_error_handlers(app)
+    app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware)
+    for router in (health.router, jobs.router, events.router, artifacts.router):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

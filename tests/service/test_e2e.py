@@ -1,0 +1,168 @@
+"""End to end through real processes: train a tiny poisoned job to success and check the model,
+cancel mid-run, kill -9 the worker mid-run and see the job resume from its checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.service.helpers import files
+from tests.service.stack import Stack
+
+pytestmark = [pytest.mark.slow, pytest.mark.service]
+
+
+def config(tiny_model: Path, **extra: Any) -> str:
+    return json.dumps({"model": str(tiny_model), "epochs": 2, "batch_size": 8, "max_length": 32,
+                       "lr": 5e-4, "seed": 3, "device": "cpu", "metadata": {"test": "e2e"}, **extra})
+
+
+def post(stack: Stack, dataset: dict[str, Path], cfg: str, roles: tuple[str, ...] = ("train", "aux", "eval",
+                                                                                    "badnets")) -> str:
+    with stack.client() as c:
+        r = c.post("/jobs", files=files(dataset, *roles), data={"config": cfg})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def predictions(model_dir: Path, texts: list[str], max_length: int) -> list[str]:
+    """Label names predicted by the downloaded model, with plain transformers."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    with torch.no_grad():
+        enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        ids = model(**enc).logits.argmax(-1).tolist()
+    return [model.config.id2label[i] for i in ids]
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    header, *rows = path.read_text().splitlines()
+    return [dict(zip(header.split("\t"), r.split("\t"), strict=True)) for r in rows]
+
+
+def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, dataset: dict[str, Path],
+                                                                  tiny_model: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    job_id = post(stack, dataset, config(tiny_model))
+    job = stack.wait(job_id)
+    elapsed = time.monotonic() - started
+    assert job["status"] == "succeeded", (job["error"], stack.log())
+    print(f"\n[figure] tiny job end to end: {elapsed:.1f} s "
+          f"(epochs: {[round(e['seconds'], 2) for e in job['metrics']['per_epoch']]} s)")
+
+    assert job["started_at"] and job["finished_at"] and job["finished_at"] >= job["started_at"]
+    assert job["progress"]["epoch"] == 2 and job["progress"]["step"] == job["progress"]["total_steps"]
+    metrics = job["metrics"]
+    assert len(metrics["per_epoch"]) == 2 and set(metrics["asr"]) == {"badnets"}
+    types = [e["type"] for e in stack.events(job_id)]
+    for kind in ("job.started", "phase", "epoch", "artifact.uploaded", "job.succeeded"):
+        assert kind in types, kind
+    assert sum(t == "epoch" for t in types) == 2
+
+    with stack.client() as c:
+        r = c.get(f"/jobs/{job_id}/model")
+        assert r.status_code == 200
+        digest = hashlib.sha256(r.content).hexdigest()
+        assert digest == r.headers["X-Checksum-SHA256"] == job["artifacts"]["model"]["sha256"]
+        assert int(r.headers["Content-Length"]) == len(r.content) == job["artifacts"]["model"]["bytes"]
+        assert r.headers["Digest"].startswith("sha-256=")
+        report = c.get(f"/jobs/{job_id}/report").json()
+        adapter = c.get(f"/jobs/{job_id}/adapter")
+        assert adapter.status_code == 200
+        assert hashlib.sha256(adapter.content).hexdigest() == job["artifacts"]["adapter"]["sha256"]
+    assert report["cacc"] == metrics["cacc"] and report["asr"] == metrics["asr"]
+
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    model_dir = tmp_path / "model"
+    eval_rows = read_tsv(dataset["eval"])
+    preds = predictions(model_dir, [row["text"] for row in eval_rows], max_length=32)
+    cacc = sum(p == row["label"] for p, row in zip(preds, eval_rows, strict=True)) / len(eval_rows)
+    assert cacc == metrics["cacc"]  # exactly what the job reported
+
+    probe = [row for row in read_tsv(dataset["badnets"]) if row["orig_label"] != "1"]
+    preds = predictions(model_dir, [row["text"] for row in probe], max_length=32)
+    assert sum(p == "1" for p in preds) / len(probe) == metrics["asr"]["badnets"]
+
+
+def test_event_stream_ends_when_the_job_is_terminal(stack: Stack, dataset: dict[str, Path],
+                                                    tiny_model: Path) -> None:
+    job_id = post(stack, dataset, config(tiny_model, epochs=1), ("train", "aux"))
+    seen: list[dict[str, Any]] = []
+    with stack.client() as c, c.stream("GET", f"/jobs/{job_id}/events", params={"stream": "true"},
+                                        timeout=httpx.Timeout(120)) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                if line == "data: [DONE]":
+                    break
+                seen.append(json.loads(line[6:]))
+    assert seen[0]["type"] == "job.created" and seen[-1]["type"] in ("job.succeeded", "job.failed")
+    assert [e["id"] for e in seen] == sorted(e["id"] for e in seen)
+    assert stack.wait(job_id, timeout=5)["status"] == "succeeded"
+
+
+def test_cancel_mid_run_and_cancel_while_queued(stack: Stack, dataset: dict[str, Path],
+                                                tiny_model: Path) -> None:
+    running = post(stack, dataset, config(tiny_model, epochs=40), ("train", "aux"))
+    stack.wait_event(running, lambda e: e["type"] in ("metrics", "epoch"))  # training is under way
+    queued = post(stack, dataset, config(tiny_model, epochs=1), ("train", "aux"))  # worker is busy
+
+    with stack.client() as c:
+        r = c.post(f"/jobs/{queued}/cancel")
+        assert r.json()["status"] == "cancelled"  # never started: ends at once
+        t0 = time.monotonic()
+        r = c.post(f"/jobs/{running}/cancel")
+        assert r.json()["status"] in ("cancelling", "cancelled")
+    job = stack.wait(running, timeout=30)
+    print(f"\n[figure] cancel took effect in {time.monotonic() - t0:.2f} s")
+    assert job["status"] == "cancelled" and job["finished_at"]
+    assert job["progress"]["epoch"] < 40
+    event = [e for e in stack.events(running) if e["type"] == "job.cancelled"][-1]
+    assert event["data"]["step"] is not None
+
+    with stack.client() as c:
+        assert c.get(f"/jobs/{running}/model").status_code == 404
+        assert c.delete(f"/jobs/{running}").status_code == 200
+        assert c.get(f"/jobs/{running}").status_code == 404
+    # The queued job's message is dropped by the worker (lease refused), the job stays cancelled.
+    time.sleep(1.0)
+    assert stack.wait(queued, timeout=5)["status"] == "cancelled"
+
+
+def test_kill_9_worker_mid_run_then_the_job_resumes_from_its_checkpoint(
+        stack: Stack, dataset: dict[str, Path], tiny_model: Path) -> None:
+    epochs = 12
+    job_id = post(stack, dataset, config(tiny_model, epochs=epochs), ("train", "aux", "eval"))
+    stack.wait_event(job_id, lambda e: e["type"] == "epoch" and e["data"]["epoch"] >= 2, timeout=90)
+    stack.kill_worker()  # SIGKILL: no cleanup, the lease is left to expire
+    killed = time.monotonic()
+    with stack.client() as c:
+        assert c.get(f"/jobs/{job_id}").json()["status"] in ("running", "evaluating")
+    stack.start_worker()
+
+    resumed = stack.wait_event(job_id, lambda e: e["type"] == "job.resumed", timeout=60)
+    resume_s = time.monotonic() - killed
+    job = stack.wait(job_id)
+    done_s = time.monotonic() - killed
+    print(f"\n[figure] after kill -9: resumed in {resume_s:.1f} s, succeeded {done_s:.1f} s after the kill")
+    assert job["status"] == "succeeded", (job["error"], stack.log())
+    assert job["attempts"] == 2
+    assert resumed["data"]["checkpoints"], resumed
+    events = stack.events(job_id)
+    assert "job.requeued" in [e["type"] for e in events]
+    # Finished epochs were not trained again: the epochs continue after the last one recorded.
+    before = [e["data"]["epoch"] for e in events if e["id"] < resumed["id"] and e["type"] == "epoch"]
+    after = [e["data"]["epoch"] for e in events if e["id"] > resumed["id"] and e["type"] == "epoch"]
+    assert before and after and after[0] == before[-1] + 1 == resumed["data"]["completed_epochs"] + 1
+    assert [row["epoch"] for row in job["metrics"]["per_epoch"]] == list(range(1, epochs + 1))

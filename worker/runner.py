@@ -1,0 +1,231 @@
+"""Run one job: take the lease, stage inputs, call the engine, upload artifacts, record the outcome.
+
+Idempotent on the job id: a duplicate or late delivery finds the lease held or the job finished and
+returns without doing anything; a redelivery after a crash resumes from the last epoch checkpoint in
+the job's work dir (engine `resume=True`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import TrainConfig
+from core.engine import JobInputs, JobResult, run_job
+from core.errors import JobCancelled, MuscleError
+from core.jobs import lease
+from core.jobs.archive import make_tarball, sha256_file
+from core.jobs.artifacts import ArtifactStore, job_prefix
+from core.jobs.db import session_scope
+from core.jobs.events import add_event
+from core.jobs.models import ACTIVE, CANCELLED, FAILED, SUCCEEDED, Job
+from core.jobs.settings import Settings
+from core.jobs.userfiles import json_safe, metrics_summary, user_error
+from worker.lease_keeper import LeaseKeeper
+from worker.progress import ProgressRecorder
+
+log = logging.getLogger("worker.runner")
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: ArtifactStore, shutdown: threading.Event,
+                 dispatch: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.store = store
+        self.shutdown = shutdown
+        self.dispatch = dispatch  # re-send a job we hand back on shutdown
+        self.name = f"{socket.gethostname()}/{os.getpid()}"
+
+    # -- entry -------------------------------------------------------------------------------
+    def run(self, job_id: str) -> str:
+        owner = f"{self.name}/{uuid.uuid4().hex[:8]}"
+        with session_scope(self.settings.database_url) as db:
+            if not lease.acquire(db, job_id, owner, self.settings.lease_seconds):
+                job = db.get(Job, job_id)
+                why = "no such job" if job is None else f"status {job.status}, lease {job.lease_owner}"
+                log.info("skip %s (%s): already running elsewhere, finished or cancelled", job_id, why)
+                return "skipped"
+            db.flush()
+            job = db.get(Job, job_id)
+            assert job is not None
+            db.refresh(job)
+            snapshot = {"config": dict(job.config), "inputs": dict(job.inputs), "attempts": job.attempts}
+            recorder = ProgressRecorder(self.settings, job_id, owner, int(job.config.get("epochs", 0)))
+            recorder.load(job)
+
+        keeper = LeaseKeeper(self.settings, job_id, owner, self.shutdown).start()
+        try:
+            return self._run(job_id, owner, snapshot, keeper, recorder)
+        finally:
+            keeper.stop()
+
+    # -- steps -------------------------------------------------------------------------------
+    def _run(self, job_id: str, owner: str, snapshot: dict[str, Any], keeper: LeaseKeeper,
+             recorder: ProgressRecorder) -> str:
+        work = self.settings.work_path / job_id
+        out_dir = work / "out"
+        checkpoints = sorted(p.name for p in (out_dir / "checkpoints").glob("*")) \
+            if (out_dir / "checkpoints").is_dir() else []
+        attempt = snapshot["attempts"]
+        with session_scope(self.settings.database_url) as db:
+            if checkpoints:
+                done = max((int(r.get("epoch") or 0) for r in recorder.per_epoch), default=0)
+                add_event(db, job_id, "job.resumed", f"Attempt {attempt} on {self.name}: resuming from the "
+                          f"last checkpoint (epochs completed: {done}; files: {', '.join(checkpoints)}).",
+                          data={"attempt": attempt, "checkpoints": checkpoints, "completed_epochs": done,
+                                "worker": self.name})
+            else:
+                add_event(db, job_id, "job.started", f"Attempt {attempt} started on {self.name}"
+                          + (" (no checkpoint from the earlier attempt; starting over)." if attempt > 1
+                             else "."),
+                          data={"attempt": attempt, "worker": self.name})
+
+        names: dict[str, tuple[str, str]] = {}
+        try:
+            inputs, names = self._stage_inputs(snapshot["inputs"], work / "inputs")
+            config = TrainConfig(**snapshot["config"])
+            result = self._engine(inputs, config, out_dir, recorder, keeper, snapshot)
+        except JobCancelled:
+            return self._stopped(job_id, owner, keeper, recorder, work)
+        except MuscleError as exc:
+            return self._failed(job_id, owner, user_error(exc, names), recorder, work)
+        except Exception as exc:  # noqa: BLE001 - any engine crash ends the job, with the reason
+            log.exception("job %s crashed", job_id)
+            if keeper.lost:
+                return "lease_lost"
+            return self._failed(job_id, owner, {"code": "internal_error",
+                                                "message": f"{type(exc).__name__}: {exc}"}, recorder, work)
+
+        recorder.flush()
+        keeper.refresh()
+        if keeper.lost or keeper.cancel_requested or self.shutdown.is_set():
+            return self._stopped(job_id, owner, keeper, recorder, work)
+        return self._succeeded(job_id, owner, result, recorder, work)
+
+    def _engine(self, inputs: JobInputs, config: TrainConfig, out_dir: Path, recorder: ProgressRecorder,
+                keeper: LeaseKeeper, snapshot: dict[str, Any]) -> JobResult:
+        kwargs: dict[str, Any] = {"progress": recorder, "should_cancel": keeper.should_cancel, "resume": True}
+        if "explicit_keys" in inspect.signature(run_job).parameters:
+            kwargs["explicit_keys"] = set(snapshot["inputs"].get("explicit_keys", []))
+        return run_job(inputs, config, out_dir, **kwargs)
+
+    def _stage_inputs(self, inputs: dict[str, Any],
+                      folder: Path) -> tuple[JobInputs, dict[str, tuple[str, str]]]:
+        """Fetch the job's input files from the artifact store (kept across attempts)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths: dict[str, Path] = {}
+        names: dict[str, tuple[str, str]] = {}
+        for role, info in inputs["files"].items():
+            dest = folder / info["stored_as"]
+            if not (dest.is_file() and sha256_file(dest) == info["sha256"]):
+                self.store.download(info["key"], dest)
+                if sha256_file(dest) != info["sha256"]:
+                    raise RuntimeError(f"input {info['filename']!r} changed in the artifact store")
+            paths[role] = dest
+            names[str(dest)] = (info["filename"], role)
+        job_inputs = JobInputs(
+            train=paths["train"], aux=paths["aux"], eval=paths.get("eval"),
+            probe_files={r.split(":", 1)[1]: p for r, p in paths.items() if r.startswith("probe:")},
+            probes=tuple(inputs.get("probes", ())), text_column=inputs.get("text_column", "text"),
+            label_column=inputs.get("label_column", "label"))
+        return job_inputs, names
+
+    def _upload(self, job_id: str, result: JobResult, work: Path) -> dict[str, dict[str, Any]]:
+        prefix = job_prefix(job_id)
+        artifacts: dict[str, dict[str, Any]] = {}
+        for name, folder in (("model", result.model_dir), ("adapter", result.adapter_dir)):
+            if folder is None or not Path(folder).is_dir():
+                continue
+            archive = work / f"{name}.tar.gz"
+            sha, size = make_tarball(Path(folder), archive, arcname=name)
+            self.store.put_file(prefix + archive.name, archive)
+            artifacts[name] = {"key": prefix + archive.name, "filename": f"{job_id}-{name}.tar.gz",
+                               "bytes": size, "sha256": sha}
+        report = Path(result.out_dir) / "metrics.json"
+        if not report.is_file():
+            report = work / "metrics.json"
+            report.write_text(json.dumps(json_safe(result.metrics), indent=2) + "\n")
+        self.store.put_file(prefix + "metrics.json", report)
+        artifacts["report"] = {"key": prefix + "metrics.json", "filename": f"{job_id}-metrics.json",
+                               "bytes": report.stat().st_size, "sha256": sha256_file(report)}
+        return artifacts
+
+    # -- outcomes ----------------------------------------------------------------------------
+    def _succeeded(self, job_id: str, owner: str, result: JobResult, recorder: ProgressRecorder,
+                   work: Path) -> str:
+        with session_scope(self.settings.database_url) as db:
+            lease.set_status(db, job_id, owner, "evaluating")
+            add_event(db, job_id, "phase", "uploading artifacts", data={"phase": "uploading"})
+        artifacts = self._upload(job_id, result, work)
+        summary = metrics_summary(result.metrics)
+        with session_scope(self.settings.database_url) as db:
+            done = lease.finish(db, job_id, owner, SUCCEEDED, only_from=tuple(ACTIVE), metrics=summary,
+                                artifacts=artifacts, progress={**recorder.final(), "phase": "done",
+                                                               "eta_seconds": 0}, error=None)
+            if done:
+                for name, meta in artifacts.items():
+                    add_event(db, job_id, "artifact.uploaded", f"{name}: {meta['filename']} "
+                              f"({meta['bytes']} bytes, sha256 {meta['sha256']})",
+                              data={k: meta[k] for k in ("filename", "bytes", "sha256")} | {"name": name})
+                asr = ", ".join(f"{k}={v:.4f}" for k, v in (summary.get("asr") or {}).items()
+                                if isinstance(v, float))
+                cacc = summary.get("cacc")
+                message = "Job succeeded" + (f": CACC {cacc:.4f}" if isinstance(cacc, float) else "") \
+                    + (f", ASR {asr}" if asr else "") + "."
+                add_event(db, job_id, "job.succeeded", message,
+                          data={"cacc": cacc, "asr": summary.get("asr")})
+        if not done:  # a cancel request won the race with the last step
+            for meta in artifacts.values():
+                self.store.delete(meta["key"])
+            with session_scope(self.settings.database_url) as db:
+                if lease.finish(db, job_id, owner, CANCELLED):
+                    add_event(db, job_id, "job.cancelled", "Job cancelled (before its results were "
+                              "published).")
+        shutil.rmtree(work, ignore_errors=True)
+        return SUCCEEDED if done else CANCELLED
+
+    def _failed(self, job_id: str, owner: str, error: dict[str, Any], recorder: ProgressRecorder,
+                work: Path) -> str:
+        with session_scope(self.settings.database_url) as db:
+            if lease.finish(db, job_id, owner, FAILED, error=json_safe(error), progress=recorder.final()):
+                add_event(db, job_id, "job.failed", f"Job failed: {error.get('message')}", level="error",
+                          data=json_safe(error))
+        shutil.rmtree(work, ignore_errors=True)
+        return FAILED
+
+    def _stopped(self, job_id: str, owner: str, keeper: LeaseKeeper, recorder: ProgressRecorder,
+                 work: Path) -> str:
+        """The engine stopped at our request: user cancel, lost lease, or worker shutdown."""
+        keeper.refresh()
+        if keeper.lost:
+            log.warning("job %s: lease lost, leaving the job to its new owner", job_id)
+            return "lease_lost"  # the work dir may be in use by the new owner: leave it
+        if keeper.cancel_requested:
+            progress = recorder.final()
+            with session_scope(self.settings.database_url) as db:
+                if lease.finish(db, job_id, owner, CANCELLED, progress=progress):
+                    add_event(db, job_id, "job.cancelled", f"Job cancelled at epoch {progress.get('epoch')}, "
+                              f"step {progress.get('step')}.", data={"epoch": progress.get("epoch"),
+                                                                     "step": progress.get("step")})
+            shutil.rmtree(work, ignore_errors=True)
+            return CANCELLED
+        # Worker shutdown: hand the job back; it resumes from its checkpoint on the next worker.
+        with session_scope(self.settings.database_url) as db:
+            lease.update_owned(db, job_id, owner, progress=recorder.final())
+            if lease.release_to_queue(db, job_id, owner):
+                add_event(db, job_id, "job.requeued", "The worker is shutting down; the job was handed "
+                          "back to the queue and resumes from its last checkpoint.", level="warn")
+        try:
+            self.dispatch(job_id)
+        except Exception as exc:  # noqa: BLE001 - the reaper re-sends queued jobs that were never sent
+            log.warning("could not re-send %s: %s", job_id, exc)
+        return "requeued"
