@@ -7,7 +7,6 @@ the job's work dir (engine `resume=True`).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -113,10 +112,8 @@ class JobRunner:
 
     def _engine(self, inputs: JobInputs, config: TrainConfig, out_dir: Path, recorder: ProgressRecorder,
                 keeper: LeaseKeeper, snapshot: dict[str, Any]) -> JobResult:
-        kwargs: dict[str, Any] = {"progress": recorder, "should_cancel": keeper.should_cancel, "resume": True}
-        if "explicit_keys" in inspect.signature(run_job).parameters:
-            kwargs["explicit_keys"] = set(snapshot["inputs"].get("explicit_keys", []))
-        return run_job(inputs, config, out_dir, **kwargs)
+        return run_job(inputs, config, out_dir, progress=recorder, should_cancel=keeper.should_cancel,
+                       resume=True, explicit_keys=set(snapshot["inputs"].get("explicit_keys", [])))
 
     def _stage_inputs(self, inputs: dict[str, Any],
                       folder: Path) -> tuple[JobInputs, dict[str, tuple[str, str]]]:
