@@ -46,7 +46,7 @@ def test_a_lost_lease_stops_the_engine_and_leaves_the_job_to_its_new_owner(
     steps: list[int] = []
 
     def fake_engine(inputs: Any, config: Any, out_dir: Path, progress: Any, should_cancel: Any,
-                    resume: bool) -> Any:
+                    resume: bool, explicit_keys: set[str]) -> Any:
         for step in range(1, 10_000):
             progress(ProgressEvent(kind="step", epoch=1, step=step, total_steps=10_000, loss=0.5))
             steps.append(step)
