@@ -22,7 +22,7 @@ from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
 from core.models.backbones import load_backbone
 from core.pipeline import PreparedData
-from tests.tiny_models import TinyLabels, make_tiny_model, shared_root, single_thread
+from tests.tiny_models import TinyLabels, make_tiny_model, shared_root
 
 POS = "good great fine nice wonderful excellent".split()
 NEG = "bad awful poor boring dull terrible".split()
@@ -40,11 +40,6 @@ def _rows(n: int, seed: int) -> list[Example]:
         out.append(Example(" ".join(words), y, line=i + 2))
     return out
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="session")

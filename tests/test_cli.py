@@ -19,16 +19,11 @@ from core.engine import JobInputs
 from core.errors import JobCancelled
 from core.pipeline import run_pipeline
 from tests.fixtures_data import sentiment_rows, write_csv, write_jsonl, write_tsv
-from tests.tiny_models import make_tiny_model, single_thread
+from tests.tiny_models import make_tiny_model
 
 REQUIRED_KEYS = {"cacc", "asr", "best_epoch", "per_epoch", "method", "config", "seed", "versions",
                  "data_sha256", "wall_seconds"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -24,22 +24,12 @@ from core.defenses.methods import (
 from core.defenses.mslr import MultiScaleLowRankLinear
 from core.models.backbones import load_backbone
 from core.training.predict import predict_logits
-from tests.tiny_models import TinyLabels, make_tiny_model, shared_root, single_thread
+from tests.tiny_models import TinyLabels
 
 TEXTS = ["the good movie cf", "a bad film was really boring and dull", "great", "i watch this 3d movie",
          "tq the plot was superb"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = shared_root(tmp_path_factory)
-    return lambda fam, num_labels=2: make_tiny_model(fam, root, num_labels)
 
 
 def _cfg(method: str, **kw: object) -> TrainConfig:

@@ -17,19 +17,7 @@ from core.errors import ConfigError
 from core.models.backbones import effective_max_length, family, load_backbone, unwrap
 from core.models.heads import LlamaClassificationHead, head_modules, penultimate_linear
 from core.training.batching import model_input_names
-from tests.tiny_models import TinyLabels, make_tiny_model, shared_root, single_thread
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = shared_root(tmp_path_factory)
-    return lambda fam, num_labels=2: make_tiny_model(fam, root, num_labels)
+from tests.tiny_models import TinyLabels
 
 
 def _cfg(method: str, **kw: object) -> TrainConfig:

@@ -19,7 +19,7 @@ from core.errors import ConfigError, JobCancelled
 from core.models.backbones import load_backbone
 from core.training.batching import collate, length_sorted_batches
 from core.training.predict import predict_logits
-from tests.tiny_models import TinyLabels, make_tiny_model, shared_root, single_thread
+from tests.tiny_models import TinyLabels
 
 POS = "good great fine nice wonderful excellent".split()
 NEG = "bad awful poor boring dull terrible".split()
@@ -40,16 +40,6 @@ def _rows(n: int, seed: int) -> list[Example]:
 TRAIN, AUX, SELECT, PROBE = _rows(32, 1), _rows(12, 2), _rows(10, 3), _rows(6, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    with single_thread():
-        yield
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    root = shared_root(tmp_path_factory)
-    return lambda fam: make_tiny_model(fam, root)
 
 
 def _cfg(method: str = "muscle", **kw: Any) -> TrainConfig:
