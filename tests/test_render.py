@@ -1,0 +1,158 @@
+"""bench/render.py on a tiny synthetic JSONL (exact Markdown), and the grid's planning and resume logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str) -> ModuleType:
+    # bench/ is a folder of scripts, not a package: load them by path.
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+render = _load("render")
+grid = _load("grid")
+
+
+def rec(defense: str, attack: str, cacc: float, asr: float, seed: int = 42, status: str = "ok") -> dict:
+    return {"cell": f"main/sst2/{attack}/s{seed}/{defense}", "tag": "main", "dataset": "sst2",
+            "attack": attack, "defense": defense, "seed": seed, "status": status, "cacc": cacc, "asr": asr}
+
+
+RECORDS = [
+    rec("muscle", "badnets", 0.5, 0.5),  # replaced by the later line for the same cell
+    rec("vanilla", "badnets", 0.9127, 0.9463),
+    rec("vanilla", "badnets", 0.9227, 0.9263, seed=43),
+    rec("vanilla", "addsent", 0.9099, 0.9989),
+    rec("muscle", "badnets", 0.8654, 0.1294),
+    rec("muscle", "addsent", 0.8677, 0.1897),
+    rec("muscle-no-ga", "badnets", 0.8764, 0.4276),
+    rec("lora", "badnets", 0.1, 0.0, status="failed"),  # failed cells never count
+]
+
+TABLE1 = """\
+| Defense | Badnets CACC↑ | Badnets ASR↓ | Addsent CACC↑ | Addsent ASR↓ |
+| --- | ---: | ---: | ---: | ---: |
+| Vanilla | 91.77±0.71 | 93.63±1.41 | 90.99 | 99.89 |
+| MuScleLoRA | 86.54 | **12.94** | 86.77 | **18.97** |
+| MuScleLoRA w/o GA | 87.64 | 42.76 | – | – |"""
+
+TABLE3 = """\
+| Method | MS | LR | GA | Badnets CACC↑ | Badnets ASR↓ | Addsent CACC↑ | Addsent ASR↓ |
+| --- | :-: | :-: | :-: | ---: | ---: | ---: | ---: |
+| Vanilla | × | × | × | 91.77±0.71 | 93.63±1.41 | 90.99 | 99.89 |
+| MuScleLoRA | ✓ | ✓ | ✓ | 86.54 | **12.94** | 86.77 | **18.97** |
+| w/o GA | ✓ | ✓ | × | 87.64 | 42.76 | – | – |"""
+
+
+@pytest.fixture
+def jsonl(tmp_path: Path) -> Path:
+    path = tmp_path / "grid.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS) + "\n")
+    return path
+
+
+def test_tables_exact_markdown(jsonl: Path) -> None:
+    records = render.load_records(jsonl)
+    assert len(records) == 6  # latest ok record per cell; the failed one dropped
+    assert render.table1(records) == TABLE1
+    assert render.table3(records) == TABLE3
+    assert render.render_markdown(records) == (
+        "## sst2 (main)\n\nCACC and ASR in percent; seeds 42, 43 (mean±sample std).\n\n"
+        + TABLE1 + "\n\nAblations (paper Table 3 layout):\n\n" + TABLE3 + "\n")
+
+
+def test_no_ablation_table_without_ablation_runs() -> None:
+    only = [rec("vanilla", "badnets", 0.9, 0.9), rec("lora", "badnets", 0.89, 0.66)]
+    assert render.table3(only) is None
+    assert render.table1(only).splitlines()[-1] == "| LoRA | 89.00 | **66.00** |"
+
+
+def test_cli_writes_tables_and_scatter(jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert render.main(["--results", str(jsonl), "--out-dir", str(out)]) == 0
+    assert (out / "tables.md").read_text().startswith("## sst2 (main)")
+    assert (out / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert "MuScleLoRA" in capsys.readouterr().out
+    assert render.main(["--results", str(jsonl), "--out-dir", str(out), "--tag", "other"]) == 2
+
+
+# --- grid -----------------------------------------------------------------------------------------
+
+def _data(tmp_path: Path) -> object:
+    return grid.DataPaths(tmp_path / "train.tsv", tmp_path / "aux.tsv", tmp_path / "select.tsv",
+                          tmp_path / "test.tsv", ["--probe", "badnets"])
+
+
+def test_plan_shares_identical_training_runs(tmp_path: Path) -> None:
+    opts = grid.Options(profile="reference")
+    data, muscle = _data(tmp_path), ["muscle"]
+    vanilla = grid.plan_cell("sst2", "badnets", "vanilla", 42, data, opts, tmp_path, muscle)
+    onion = grid.plan_cell("sst2", "badnets", "onion", 42, data, opts, tmp_path, muscle)
+    strip = grid.plan_cell("sst2", "badnets", "strip", 42, data, opts, tmp_path, muscle)
+    bki = grid.plan_cell("sst2", "badnets", "bki", 42, data, opts, tmp_path, muscle)
+    # ONION's and BKI's victims are the reference vanilla run (10 epochs, no warm-up): one folder.
+    assert onion.steps[0].out_dir == vanilla.steps[0].out_dir == bki.steps[0].out_dir
+    assert strip.steps[0].out_dir != vanilla.steps[0].out_dir  # 5 epochs, 3 warm-up
+    assert "--epochs" in strip.steps[0].argv and "warmup_ratio=0.6" in strip.steps[0].argv
+    assert [s.name for s in bki.steps] == ["victim", "filter", "final"]
+    assert bki.steps[2].argv[bki.steps[2].argv.index("--train") + 1].endswith("cells/bki/filtered.tsv")
+    assert onion.steps[1].argv[-2:] == ["--lm", "gpt2"]
+    assert onion.steps[1].done.endswith("cells/onion/detect.json")  # metrics.json only once all passed
+    with pytest.raises(SystemExit):
+        grid.plan_cell("sst2", "badnets", "nope", 42, data, opts, tmp_path, muscle)
+
+
+def test_hiddenkiller_thinning(tmp_path: Path) -> None:
+    clean = tmp_path / "clean.tsv"
+    released = tmp_path / "hk"
+    released.mkdir()
+    clean.write_text("text\tlabel\n" + "".join(f"clean {i}\t{i % 2}\n" for i in range(20)))
+    (released / "train.tsv").write_text("text\tlabel\tpoisoned\torig_label\n" + "".join(
+        f"para {i}\t1\t1\t{i % 2}\n" if i < 4 else f"clean {i}\t{i % 2}\t0\t{i % 2}\n" for i in range(20)))
+    out = tmp_path / "train.tsv"
+    assert grid.build_hiddenkiller_train(released, clean, out, 0.1, 42, None) == {"rows": 20, "poisoned": 2}
+    lines = out.read_text().splitlines()[1:]
+    assert len(lines) == 20 and sum(line.startswith("para") for line in lines) == 2
+    assert all(line.endswith("\t0\t" + line.split("\t")[1]) for line in lines if line.startswith("clean"))
+    with pytest.raises(SystemExit):  # 50% asks for more paraphrased rows than were released
+        grid.build_hiddenkiller_train(released, clean, tmp_path / "x.tsv", 0.5, 42, None)
+
+
+def test_schedule_records_and_resumes(tmp_path: Path) -> None:
+    cell_dir = tmp_path / "cells" / "vanilla"
+    train_dir = tmp_path / "train" / "vanilla-x"
+    script = ("import json, pathlib, sys; out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, "
+              "exist_ok=True); (out / 'metrics.json').write_text(json.dumps({'cacc': 0.9, "
+              "'asr': {'badnets': 0.25}, 'config': {'lr': 2e-05}, 'versions': {'muscle': '0'}}))")
+    step = grid.Step("train", [sys.executable, "-c", script, str(train_dir)], str(train_dir / "metrics.json"))
+    cell = grid.Cell("main", "sst2", "badnets", "vanilla", 42, "method", str(cell_dir), [step],
+                     train_dir=str(train_dir))
+    results = tmp_path / "grid.jsonl"
+    assert grid.schedule([cell], grid.Options(), results, parallel=1, poll=0.1) == 0
+    first = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(first) == 1 and first[0]["status"] == "ok"
+    assert first[0]["cacc"] == 0.9 and first[0]["asr"] == 0.25 and first[0]["config"] == {"lr": 2e-05}
+    assert first[0]["machine"]["cpus"] and first[0]["wall_seconds"] > 0
+    grid.schedule([cell], grid.Options(), results, parallel=1, poll=0.1)  # done: skipped, not re-recorded
+    assert len(results.read_text().splitlines()) == 1
+
+    failing = grid.Step("train", [sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "n"))
+    broken = grid.Cell("main", "sst2", "addsent", "vanilla", 42, "method", str(tmp_path / "c2"), [failing],
+                       train_dir=str(tmp_path / "n"))
+    assert grid.schedule([broken], grid.Options(), results, parallel=1, poll=0.1) == 1
+    last = json.loads(results.read_text().splitlines()[-1])
+    assert last["status"] == "failed" and last["returncode"] == 3
