@@ -266,3 +266,12 @@ def test_predict_logits_keeps_input_order_and_ignores_padding(tiny, fam: str) ->
     assert torch.allclose(batched, single, atol=1e-5)
     assert model.training  # mode restored (apply_defense leaves the model in train mode)
     assert predict_logits(model, tok, [], batch_size=4).shape == (0, 2)
+
+
+def test_resume_check_ignores_settings_newer_than_the_checkpoint_at_their_default() -> None:
+    from core.training.loop import _diff
+
+    saved = {"lr": 1e-3, "epochs": 3}
+    assert _diff(saved, {"lr": 1e-3, "epochs": 3, "new_knob": 0}, {"new_knob": 0}) == []
+    assert _diff(saved, {"lr": 1e-3, "epochs": 3, "new_knob": 5}, {"new_knob": 0}) == ["new_knob"]
+    assert _diff(saved, {"lr": 2e-3, "epochs": 3}, {}) == ["lr"]

@@ -49,8 +49,13 @@ CKPT_FORMAT = 1
 LAST = "last.pt"
 # Config fields that may change between a run and its resume: runtime choices, and data-handling
 # knobs whose effect is already covered by the data fingerprints.
+# Settings that do not change the training trajectory: a resume may differ in them. The canary settings
+# are spent before this loop runs (they pick `fixed_epoch`, which does count); the frequency analysis
+# forks the RNG, so it leaves training untouched.
 RUNTIME_FIELDS = ("device", "precision", "checkpoint_every_epoch", "eval_batch_size", "select_fraction",
-                  "eval_holdout_fraction", "min_aux_per_class", "target_label")
+                  "eval_holdout_fraction", "min_aux_per_class", "target_label", "canary", "canary_rate",
+                  "canary_max_asr", "canary_grid", "frequency_every", "frequency_epochs", "frequency_squared",
+                  "frequency_max_rows")
 
 
 @dataclass
@@ -167,8 +172,12 @@ def _restore_rng(state: Mapping[str, Any], train_gen: torch.Generator, aux_gen: 
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+def _diff(saved: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+          ) -> list[str]:
+    """Keys that differ. A setting newer than the checkpoint counts as unchanged at its default value,
+    so upgrading the software does not strand runs in progress."""
+    defaults = defaults or {}
+    return sorted(k for k in set(saved) | set(now) if saved.get(k, defaults.get(k)) != now.get(k))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,7 +279,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             ck = torch.load(last, map_location="cpu", weights_only=True)
             if ck.get("format") != CKPT_FORMAT:
                 raise ConfigError(f"{last}: unknown checkpoint format")
-            changed = _diff(ck["fingerprint"]["config"], fingerprint["config"])
+            defaults = {k: f.default for k, f in type(config).model_fields.items()}
+            changed = _diff(ck["fingerprint"]["config"], fingerprint["config"], defaults)
             if changed:
                 raise ConfigError(f"cannot resume from {last}: settings changed since it was written "
                                   f"({', '.join(changed)}); start afresh (resume=False) or restore them")
