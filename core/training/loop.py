@@ -49,13 +49,13 @@ CKPT_FORMAT = 1
 LAST = "last.pt"
 # Config fields that may change between a run and its resume: runtime choices, and data-handling
 # knobs whose effect is already covered by the data fingerprints.
-# Settings that do not change the training trajectory: a resume may differ in them. The canary settings
-# are spent before this loop runs (they pick `fixed_epoch`, which does count); the frequency analysis
-# forks the RNG, so it leaves training untouched.
+# Settings that do not change the training trajectory: a resume may differ in them. The frequency
+# analysis forks the RNG, so it leaves training untouched.
 RUNTIME_FIELDS = ("device", "precision", "checkpoint_every_epoch", "eval_batch_size", "select_fraction",
-                  "eval_holdout_fraction", "min_aux_per_class", "target_label", "canary", "canary_rate",
-                  "canary_max_asr", "canary_grid", "frequency_every", "frequency_epochs", "frequency_squared",
-                  "frequency_max_rows")
+                  "eval_holdout_fraction", "min_aux_per_class", "target_label", "frequency_every",
+                  "frequency_epochs", "frequency_squared", "frequency_max_rows")
+# The canary settings are spent before this loop runs (they pick `fixed_epoch`, which does count).
+CANARY_FIELDS = ("canary", "canary_rate", "canary_max_asr", "canary_grid")
 
 
 @dataclass
@@ -261,7 +261,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     aux_gen = torch.Generator().manual_seed(config.seed + 1)
 
     fingerprint = {
-        "config": {k: v for k, v in config.model_dump().items() if k not in RUNTIME_FIELDS},
+        "config": {k: v for k, v in config.model_dump().items()
+                   if k not in RUNTIME_FIELDS and k not in CANARY_FIELDS},
         "data": {"train": _fingerprint_rows(train), "aux": _fingerprint_rows(aux) if use_ga else None,
                  "select": _fingerprint_rows(select)},
         "state_keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
