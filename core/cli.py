@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=42)
     e.set_defaults(func=cmd_eval)
 
+    b = sub.add_parser("baseline", add_help=False,
+                       help="end-to-end baselines: detect (onion, strip, rap) or filter (bki, cube); "
+                            "`muscle baseline -h` for details")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_baseline)
+
     try:  # the service adds `serve` and `apikey`; the engine runs without it
         from core.jobs.cli import add_service_commands
     except ImportError:
@@ -254,7 +260,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from core.defenses.baselines.run import main as baseline_main
+
+    return baseline_main(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["baseline"]:  # its own parser, options (-h too) included
+        from core.defenses.baselines.run import main as baseline_main
+
+        return baseline_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -207,3 +207,11 @@ def test_frequency_analysis_writes_plots_and_per_step_records(files, tiny_bert, 
     assert [h["step"] for h in report["history"]] == [2, 4, 6, 8, 10, 12]  # 6 steps/epoch, 2 epochs
     assert set(report["history"][0]["sets"]) == {"clean", "backdoor"}
     assert all((out / name).stat().st_size > 1000 for name in metrics["analysis_files"] if name.endswith(".png"))
+
+
+def test_baseline_subcommand_forwards_to_the_baseline_runner(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        main(["baseline", "detect", "--defense", "strip"])
+    assert exc_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "muscle baseline detect" in err and "--model" in err

@@ -42,7 +42,7 @@ def _probe_file(value: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core.defenses.baselines.run",
+    parser = argparse.ArgumentParser(prog="muscle baseline",
                                      description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("detect", "post-training defenses: onion, strip, rap"),
