@@ -139,7 +139,9 @@ class JobRunner:
     def _upload(self, job_id: str, result: JobResult, work: Path) -> dict[str, dict[str, Any]]:
         prefix = job_prefix(job_id)
         artifacts: dict[str, dict[str, Any]] = {}
-        for name, folder in (("model", result.model_dir), ("adapter", result.adapter_dir)):
+        analysis = Path(result.out_dir) / "analysis"  # frequency analysis, when the job asked for it
+        for name, folder in (("model", result.model_dir), ("adapter", result.adapter_dir),
+                             ("analysis", analysis if analysis.is_dir() else None)):
             if folder is None or not Path(folder).is_dir():
                 continue
             archive = work / f"{name}.tar.gz"

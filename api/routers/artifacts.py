@@ -1,4 +1,4 @@
-"""Downloads: the merged model and the adapter as tar.gz (streamed, with sha256), the metrics report."""
+"""Downloads: the merged model, the adapter and the analysis as tar.gz (streamed, with sha256), the report."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from core.jobs.artifacts import ArtifactNotFound
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
 
-def _artifact(db, key, store, job_id: str, name: Literal["model", "adapter", "report"]) -> dict:
+def _artifact(db, key, store, job_id: str, name: Literal["model", "adapter", "analysis", "report"]) -> dict:
     job = owned_job(db, key, job_id)
     meta = (job.artifacts or {}).get(name)
     if meta is None:
         hint = ("the job has not succeeded" if job.status != "succeeded" else
-                f"method {job.config.get('method')!r} produces no {name}")
+                "the job did not ask for the frequency analysis (config frequency_every)" if name == "analysis"
+                else f"method {job.config.get('method')!r} produces no {name}")
         raise ApiError(404, "artifact_not_available", f"no {name} for this job: {hint}", param=name)
     return meta
 
@@ -38,7 +39,7 @@ def _headers(meta: dict) -> dict[str, str]:
     }
 
 
-def _stream(db, key, store, job_id: str, name: Literal["model", "adapter"]) -> StreamingResponse:
+def _stream(db, key, store, job_id: str, name: Literal["model", "adapter", "analysis"]) -> StreamingResponse:
     meta = _artifact(db, key, store, job_id, name)
     try:
         chunks = store.iter_chunks(meta["key"])
@@ -60,6 +61,13 @@ def download_model(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Stre
 def download_adapter(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> StreamingResponse:
     """The trained adapter (PEFT layout) without the base model."""
     return _stream(db, key, store, job_id, "adapter")
+
+
+@router.get("/{job_id}/analysis", response_class=StreamingResponse, responses={
+    200: {"content": {"application/gzip": {}}, "description": "analysis folder as tar.gz"}, **ERRORS})
+def download_analysis(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> StreamingResponse:
+    """The frequency analysis (frequency.json and the PNG plots), for jobs run with `frequency_every`."""
+    return _stream(db, key, store, job_id, "analysis")
 
 
 @router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}, **ERRORS})
