@@ -200,23 +200,12 @@ def embed_inputs(model: Any, tokenizer: Any, texts: Sequence[str], max_length: i
     return padded.reshape(padded.shape[0], -1)
 
 
-@torch.no_grad()
 def predict_probs(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 512,
                   batch_size: int = 64) -> torch.Tensor:
     """Softmax outputs (N, C) in eval mode; the model's train/eval mode is restored afterwards."""
-    device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    out: list[torch.Tensor] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt").to(device)
-            logits = model(**enc).logits
-            out.append(logits.float().softmax(dim=-1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out)
+    from core.training.predict import predict_logits
+
+    return predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length).softmax(-1)
 
 
 @dataclass

@@ -28,24 +28,13 @@ def unwrap(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
-@torch.no_grad()
 def predict_proba(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 32,
                   max_length: int = 512) -> np.ndarray:
-    """Softmax outputs (N, C) in eval mode; restores the model's mode."""
-    if not texts:
-        return np.zeros((0, int(getattr(model.config, "num_labels", 2))), dtype=np.float64)
-    device = device_of(model)
-    was_training = model.training
-    model.eval()
-    out: list[np.ndarray] = []
-    try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt").to(device)
-            out.append(model(**enc).logits.float().softmax(-1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(out).astype(np.float64)
+    """Softmax outputs (N, C) in eval mode; restores the model's mode (the engine's batched predictor)."""
+    from core.training.predict import predict_logits
+
+    logits = predict_logits(model, tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    return logits.softmax(-1).numpy().astype(np.float64)
 
 
 def proba_fn(model: Any, tokenizer: Any, batch_size: int = 32, max_length: int = 512) -> ProbaFn:
