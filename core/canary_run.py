@@ -312,17 +312,17 @@ def maybe_calibrate(config: TrainConfig, data: PreparedData, source: str | Path,
                     should_cancel: CancelCheck | None = None, resume: bool = False,
                     ) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The pipeline's hook: (config, None) without ``config.canary``; else calibrate and return the
-    chosen config (``fixed_epoch`` set) and the report for metrics.json. Call it before `apply_defense`
+    chosen config (``fixed_epoch`` set) and the report for metrics.json. Call it before `defend`
     on the shipped model, since the chosen setting may change the defense."""
     if not config.canary:
         return config, None
-    from core.defenses.methods import apply_defense
+    from core.defenses.build import defend
     from core.models.backbones import load_backbone
 
     def factory(candidate: TrainConfig) -> nn.Module:
         # Same load seed as the shipped model, so a candidate starts where the final run starts.
         model, _ = load_backbone(str(source), data.label_map, seed=candidate.seed)
-        return apply_defense(model, candidate, fam)
+        return defend(model, tokenizer, candidate, fam, data.aux)[0]
 
     report = calibrate_with_canary(factory, tokenizer, data, config, out_dir, progress, should_cancel,
                                    resume)

@@ -59,8 +59,11 @@ class TrainConfig(BaseModel):
     mslr_alpha: float = Field(6.0, gt=0)  # multiplier alpha/rank on the MSLR path
     mslr_init: Literal["kaiming", "zero"] = "kaiming"  # authors: both L and R Kaiming (non-zero)
 
-    # Head: the authors freeze the randomly initialised classifier whenever LoRA is on.
+    # Head: the authors freeze the randomly initialised classifier whenever LoRA is on. `probe` starts the
+    # output layer from a logistic regression on the clean aux rows' features instead (still frozen
+    # unless train_head).
     train_head: bool = False
+    head_init: Literal["random", "probe"] = "random"
 
     # Gradient alignment.
     ga_granularity: Literal["per_tensor", "global"] = "per_tensor"
@@ -130,6 +133,7 @@ REFERENCE: dict[str, object] = {
     "mslr_alpha": 6.0,
     "mslr_init": "kaiming",
     "train_head": False,
+    "head_init": "random",
     "ga_granularity": "per_tensor",
     "ga_gate_loss": 0.4,
     "ga_min_ref_grad_norm": 5e-7,

@@ -206,7 +206,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from core.canary_run import maybe_calibrate
-    from core.defenses.methods import apply_defense, export_adapter, export_merged
+    from core.defenses.build import defend
+    from core.defenses.methods import export_adapter, export_merged
     from core.model_card import write_model_card
     from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
     from core.training.loop import train
@@ -233,7 +234,10 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     # Canary calibration (optional) may pick the epoch and settings; it must run before the defense is
     # built because the chosen settings can change it. No planted trigger reaches the shipped model.
     config, canary = maybe_calibrate(config, data, source, fam, tokenizer, out_dir, emit, should_cancel, resume)
-    model = apply_defense(model, config, fam)
+    model, head_fit = defend(model, tokenizer, config, fam, data.aux)
+    if head_fit is not None:
+        emit(ProgressEvent(kind="log", phase="loading", message="head initialised from a linear probe on aux",
+                           metrics=head_fit))
 
     emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
     tracker = frequency_tracker(model, tokenizer, data, config, emit)
@@ -276,6 +280,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "cacc_source": data.sources["cacc"],
         "selection_source": data.sources["select"],
         "scored": scored,
+        "head_probe": head_fit,
         "data": data.summary(),
     }
     if analysis_files:
