@@ -12,4 +12,5 @@ run ref            --defenses muscle --profile reference
 run lr2e-4         --defenses muscle --profile reference --lr 2e-4
 run lr2e-4-zero    --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero
 run lr2e-4-zero-probe --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero --set head_init=probe
-run baselines      --defenses vanilla,lora --profile reference --lr 2e-4
+run vanilla        --defenses vanilla --profile reference
+run lora-lr2e-4    --defenses lora --profile reference --lr 2e-4
