@@ -255,8 +255,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, path in args.probe_file:
         probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
     config = TrainConfig(eval_batch_size=args.batch_size, max_length=args.max_length)
-    cacc, asr = evaluate_classifier(model, tokenizer, rows, probes, target, config)
-    print(json.dumps({"cacc": cacc, "asr": asr, "rows": len(rows)}, indent=2))
+    cacc, asr, floor = evaluate_classifier(model, tokenizer, rows, probes, target, config)
+    print(json.dumps({"cacc": cacc, "asr": asr, "asr_floor": floor, "rows": len(rows)}, indent=2))
     return 0
 
 

@@ -137,8 +137,10 @@ def family_adjusted(config: TrainConfig, family: str, explicit: set[str]) -> Tra
 
 def evaluate_classifier(model: Any, tokenizer: Any, eval_rows: list[Example],
                         probes: dict[str, list[Example]], target: int, config: TrainConfig,
-                        ) -> tuple[float, dict[str, float]]:
-    """CACC on every eval row; ASR per probe over rows whose true label is not the target."""
+                        ) -> tuple[float, dict[str, float], float | None]:
+    """CACC on every eval row; ASR per probe over rows whose true label is not the target; and the
+    floor an ASR must be read against: the share of clean non-target eval rows already put in the
+    target class (None when every eval row has the target label)."""
     from core.metrics import accuracy, attack_success_rate
     from core.training.predict import predict_logits
 
@@ -147,10 +149,13 @@ def evaluate_classifier(model: Any, tokenizer: Any, eval_rows: list[Example],
                                 config.max_length, device=config.device)
         return logits.argmax(-1).tolist()
 
-    cacc = accuracy(preds(eval_rows), [r.label for r in eval_rows])
+    eval_preds = preds(eval_rows)
+    labels = [r.label for r in eval_rows]
+    cacc = accuracy(eval_preds, labels)
+    floor = (attack_success_rate(eval_preds, labels, target) if any(y != target for y in labels) else None)
     asr = {name: attack_success_rate(preds(rows), [r.orig_label for r in rows], target)
            for name, rows in probes.items()}
-    return cacc, asr
+    return cacc, asr, floor
 
 
 class FrequencyHook:
@@ -260,11 +265,12 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     else:
         eval_model, eval_tok = model, tokenizer
         scored = "trained model in memory (method cannot be merged; load out/adapter with the base model)"
-    cacc, asr = evaluate_classifier(eval_model, eval_tok, data.eval, data.probes, data.target, config)
+    cacc, asr, floor = evaluate_classifier(eval_model, eval_tok, data.eval, data.probes, data.target, config)
 
     metrics: dict[str, Any] = {
         "cacc": cacc,
         "asr": asr,
+        "asr_floor": floor,  # clean non-target eval rows predicted as the target: read ASR against it
         "best_epoch": outcome.best_epoch,
         "per_epoch": outcome.per_epoch,
         "method": config.method,

@@ -40,6 +40,17 @@ def files(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+def preds_of(out: Path, rows: list[dict[str, object]]) -> list[int]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    with torch.no_grad():
+        enc = tok([str(r["text"]) for r in rows], padding=True, truncation=True, max_length=32, return_tensors="pt")
+        ids = model(**enc).logits.argmax(-1).tolist()
+    return [int(model.config.id2label[i]) for i in ids]
+
+
 def train_args(files: dict[str, Path], model: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--train", str(files["train"]), "--aux", str(files["aux"]), "--eval", str(files["eval"]),
             "--model", str(model), "--epochs", "2", "--batch-size", "8", "--max-length", "32",
@@ -57,6 +68,9 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     assert metrics["method"] == "muscle" and metrics["config"]["epochs"] == 2
     assert len(metrics["per_epoch"]) == 2 and 1 <= metrics["best_epoch"] <= 2
     assert set(metrics["asr"]) == {"badnets"} and 0 <= metrics["asr"]["badnets"] <= 1
+    negatives = [p for p, y in zip(preds_of(out, sentiment_rows(20)), [r["label"] for r in sentiment_rows(20)],
+                                   strict=True) if y == 0]
+    assert metrics["asr_floor"] == pytest.approx(sum(p == 1 for p in negatives) / len(negatives))
     assert metrics["data_sha256"]["train"] and "eval file" in metrics["cacc_source"]
     assert (out / "adapter").is_dir() and (out / "model" / "README.md").is_file()
     assert "Clean accuracy" in (out / "model" / "README.md").read_text()
