@@ -20,6 +20,7 @@ from core.defenses.baselines.common import (
 from core.defenses.baselines.onion import CausalLMPerplexity, Onion, correct_text, suspicion_scores
 from core.defenses.baselines.rap import Rap, insert_front, trigger_token_id
 from core.defenses.baselines.strip import Strip, entropy_bits, perturb, tfidf_ranking
+from tests.tiny_models import in_memory_bert
 
 WORDS = ("the a film movie good bad great awful cf mn bb tq mb i watch this 3d is was not very story "
          "acting plot fun boring").split()
@@ -27,15 +28,8 @@ WORDS = ("the a film movie good bad great awful cf mn bb tq mb i watch this 3d i
 
 @pytest.fixture(scope="module")
 def tiny_bert() -> tuple[object, object]:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, num_labels=2,
-                     id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
-    return BertForSequenceClassification(cfg).eval(), tok
+    model, tok = in_memory_bert(WORDS, id2label={0: "0", 1: "1"}, label2id={"0": 0, "1": 1})
+    return model.eval(), tok
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from core.analysis.frequency import (
     one_hot,
     split_sets,
 )
+from tests.tiny_models import in_memory_bert
 
 # Four 1-d points on a line: distances |x_i - x_j| are integers, so G is known in closed form.
 POINTS = [[0.0], [1.0], [2.0], [10.0]]
@@ -125,14 +126,7 @@ WORDS = "the a film movie good bad great awful cf mn bb tq i watch this 3d is wa
 
 @pytest.fixture(scope="module")
 def tiny() -> tuple[object, object]:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tok = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(cfg), tok
+    return in_memory_bert(WORDS)
 
 
 TEXTS = ["good film", "a very bad movie", "cf great film mn", "this is awful", "i watch this 3d movie",
