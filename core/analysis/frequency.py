@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.training.predict import model_device
+
 DEFAULT_DELTAS: tuple[float, ...] = tuple(float(x) for x in np.linspace(2.0, 8.0, 25))
 REPORT_DELTA = 4.0  # the paper's δ; index 8 of DEFAULT_DELTAS
 METRIC_NAMES = ("lfr", "hfr", "re_low", "re_high")
@@ -156,13 +158,6 @@ def _embedding_module(model: Any) -> tuple[Any, bool]:
     return _unwrap(model).get_input_embeddings(), False  # Llama: embed_tokens only, as the authors
 
 
-def _device_of(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def embed_inputs(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 512,
                  batch_size: int = 32, dropout: bool = True, zero_padding: bool = False) -> torch.Tensor:
@@ -176,7 +171,7 @@ def embed_inputs(model: Any, tokenizer: Any, texts: Sequence[str], max_length: i
     if not texts:
         raise ValueError("no texts to embed")
     module, takes_types = _embedding_module(model)
-    device = _device_of(model)
+    device = model_device(model)
     was_training = module.training
     module.train(dropout)
     rows: list[torch.Tensor] = []
@@ -272,7 +267,7 @@ class FrequencyTracker:
                 # N×N kernels per δ: cap the set for very large dev sets (memory is 25·N²·8 bytes).
                 keep = sorted(rng.choice(len(texts), size=max_rows, replace=False).tolist())
                 texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
-            device = _device_of(model)
+            device = model_device(model)
             # Dropout draws random numbers: fork the RNG so adding the analysis to a run does not
             # change its training trajectory.
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -19,7 +19,8 @@ from core.training.batching import (
 from core.training.device import autocast, resolve_device
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a parameterless module)."""
     try:
         return next(model.parameters()).device
     except StopIteration:
@@ -43,8 +44,8 @@ def predict_logits(model: nn.Module, tokenizer: Any, texts: Sequence[str], batch
     restored afterwards. ``device`` None: wherever the model already is. ``precision``: the resolved
     precision (``fp32``/``bf16``/``fp16``; autocast applies on CUDA only).
     """
-    dev = _model_device(model) if device is None else resolve_device(device)
-    if _model_device(model) != dev:
+    dev = model_device(model) if device is None else resolve_device(device)
+    if model_device(model) != dev:
         model.to(dev)
     limit = effective_max_length(model, tokenizer, max_length, reserved=reserved_positions(model))
     rows = encode_texts(tokenizer, texts, limit, keep=model_input_names(model))

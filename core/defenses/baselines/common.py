@@ -9,17 +9,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from core.training.predict import model_device
+
 ProbaFn = Callable[[Sequence[str]], np.ndarray]  # texts -> (N, C) softmax probabilities
 
 # Decoder-only families have no [CLS]: their sentence representation is the last real token.
 DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "gemma", "phi", "opt", "gpt_neox"}
-
-
-def device_of(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def unwrap(model: Any) -> Any:
@@ -51,7 +46,7 @@ def sentence_representation(model: Any, tokenizer: Any, texts: Sequence[str], ba
     base = getattr(inner, "base_model", inner)
     if pool == "auto":
         pool = "last" if getattr(inner.config, "model_type", "") in DECODER_TYPES else "cls"
-    device = device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
@@ -96,7 +91,7 @@ def penultimate_features(model: Any, tokenizer: Any, texts: Sequence[str], batch
     layer = final_linear(model)
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach()))
-    device = device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()  # dropout off: the input of the output layer is then the clean representation
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.defenses.baselines.common import device_of
+from core.training.predict import model_device
 
 PplFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -72,7 +72,7 @@ class CausalLMPerplexity:
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         out: list[np.ndarray] = []
-        device = device_of(self.model)
+        device = model_device(self.model)
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(list(texts[start:start + self.batch_size]), return_tensors="pt",
                                  padding=True, truncation=True, max_length=self.max_length).to(device)

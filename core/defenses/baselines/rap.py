@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.defenses.baselines.common import device_of
+from core.training.predict import model_device
 
 
 def insert_front(text: str, trigger: str) -> str:
@@ -67,7 +67,7 @@ class Rap:
 
     def _probs(self, texts: Sequence[str], grad_if_trigger: bool = False) -> torch.Tensor:
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(device_of(self.model))
+                             return_tensors="pt").to(model_device(self.model))
         if grad_if_trigger and not bool((enc["input_ids"] == self.token_id).any()):
             # Without the trigger token the row gets no gradient from this pass: skip the graph
             # (same result as upstream's differentiable pass, half the backward cost).
