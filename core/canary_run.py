@@ -40,6 +40,9 @@ REPORT = "report.json"
 SECRET = "secret"
 CANARY = "canary"  # monitor: triggered select rows (accuracy = canary ASR)
 FLOOR = "canary_floor"  # monitor: the same rows untriggered (share of clean rows already called target)
+PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has any
+PUBLIC_EXTRA = ("chance_accuracy", "warning")  # report fields kept in `extra`
+CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
 # Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
 NOT_IN_GRID = frozenset({"canary", "canary_rate", "canary_max_asr", "canary_grid", "fixed_epoch", "profile",
                          "model", "target_label", "select_fraction", "eval_holdout_fraction",
@@ -77,6 +80,7 @@ class CanaryReport:
             # The probe is small when the selection set is: say how far the estimate can be trusted.
             "canary_asr_ci95": wilson_interval(self.canary_asr, self.probe_rows),
             "target_label": self.target_label,
+            **{k: v for k, v in self.extra.items() if k in PUBLIC_EXTRA},
             **self.spec,
             "candidates": self.candidates,
             "note": ("canary_asr: attack success of a secret synthetic dirty-label trigger planted at "
@@ -167,7 +171,8 @@ def _load_report(path: Path, fingerprint: str) -> CanaryReport:
                         candidates=public["candidates"], reason=public["reason"],
                         spec={k: public[k] for k in spec_keys}, chosen=public["chosen_candidate"],
                         max_asr=public["max_asr"], probe_rows=public["probe_rows"],
-                        target_label=public["target_label"], extra={"resumed": True})
+                        target_label=public["target_label"],
+                        extra={"resumed": True, **{k: public[k] for k in PUBLIC_EXTRA if k in public}})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -215,7 +220,10 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     # The same rows, untriggered: how often clean rows are already called the canary class (ASR floor).
     floor = [Example(text=e.text, label=spec.target, line=e.line, orig_label=e.label, poisoned=False)
              for e in data.select if e.label != spec.target]
-    monitors = {CANARY: probe, FLOOR: floor}
+    # The job's own attack probes too (simulation runs): their ASR beside the canary's, epoch by epoch,
+    # is the evidence of how well the canary tracks a real backdoor (docs/efficacy.md).
+    monitors = {CANARY: probe, FLOOR: floor, **{PROBE_PREFIX + name: rows for name, rows in data.probes.items()}}
+    chance = majority_share(data.select)
     emit(ProgressEvent(kind="phase", phase="training",
                        message=f"canary calibration: {len(candidates)} candidate setting(s), "
                                f"{spec.rows_planted} canary rows planted"))
@@ -244,9 +252,11 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
             "select_accuracy": rec["select_accuracy"],
             "canary_asr": rec["monitors"][CANARY],
             "canary_floor": rec["monitors"][FLOOR],
+            "probe_asr": _probe_asr(rec),
             "reason": reason,
             "per_epoch": [{"epoch": r["epoch"], "select_accuracy": r["select_accuracy"],
-                           "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR]}
+                           "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR],
+                           "probe_asr": _probe_asr(r)}
                           for r in outcome.per_epoch],
         })
 
@@ -264,7 +274,8 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
         canary_asr=best["canary_asr"], canary_select_accuracy=best["select_accuracy"], epoch=best["epoch"],
         candidates=results, reason=reason, spec=spec.public(), chosen=chosen,
         max_asr=config.canary_max_asr, probe_rows=len(probe),
-        target_label=str(data.label_map.id2label[spec.target]))
+        target_label=str(data.label_map.id2label[spec.target]),
+        extra={"chance_accuracy": chance, **_chance_warning(best["select_accuracy"], chance)})
     _write_json_atomic(report_path, {"fingerprint": fingerprint,
                                      "config": report.config.model_dump(mode="json"),
                                      "report": report.to_dict()})
@@ -278,6 +289,31 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
                        metrics={"canary_asr": report.canary_asr, "epoch": report.epoch,
                                 "settings": best["settings"]}))
     return report
+
+
+def majority_share(rows: list[Example]) -> float | None:
+    """Accuracy of always answering the commonest label of ``rows`` (None without rows)."""
+    if not rows:
+        return None
+    counts: dict[int, int] = {}
+    for e in rows:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    return max(counts.values()) / len(rows)
+
+
+def _chance_warning(accuracy: float | None, chance: float | None) -> dict[str, str]:
+    """A low canary ASR means nothing when the model learned nothing: say so in the report."""
+    if accuracy is None or chance is None or accuracy > chance + CHANCE_MARGIN:
+        return {}
+    return {"warning": (f"the chosen epoch's selection accuracy ({accuracy:.4f}) is at chance (majority "
+                        f"class {chance:.4f}): the canary was kept out only because the model did not "
+                        "learn; do not read canary_asr as backdoor suppression")}
+
+
+def _probe_asr(record: dict[str, Any]) -> dict[str, float]:
+    """The job's attack probes' ASR in one epoch record of a canary candidate."""
+    return {k[len(PROBE_PREFIX):]: v for k, v in (record.get("monitors") or {}).items()
+            if k.startswith(PROBE_PREFIX)}
 
 
 def _relay(emit: ProgressCallback, index: int, total: int) -> ProgressCallback:

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 import core.training.loop as loop
-from core.canary_run import calibrate_with_canary, grid_candidates, maybe_calibrate
+from core.canary_run import (
+    _chance_warning,
+    calibrate_with_canary,
+    grid_candidates,
+    majority_share,
+    maybe_calibrate,
+)
 from core.config import TrainConfig, resolve_config
 from core.data.dataset import Example
 from core.data.labels import LabelMap
@@ -233,14 +239,20 @@ def test_fixed_epoch_overrides_selection_and_resumes(tiny: Path, tmp_path: Path,
 # End to end on a tiny BERT
 
 
-def _data() -> PreparedData:
+def _data(probes: dict[str, list[Example]] | None = None) -> PreparedData:
     label_map = LabelMap.from_labels(["0", "1"])
-    return PreparedData(label_map, 1, _rows(24, 21), _rows(8, 22), _rows(8, 23), _rows(8, 24), {},
+    return PreparedData(label_map, 1, _rows(24, 21), _rows(8, 22), _rows(8, 23), _rows(8, 24), probes or {},
                         {"select": "test", "cacc": "test"})
 
 
+def _attack_probe() -> list[Example]:
+    """A job's own attack probe: negative rows with a rare word, labelled with the target (1)."""
+    return [Example(f"cf {e.text}", 1, line=e.line, orig_label=0, poisoned=True) for e in _rows(8, 25)
+            if e.label == 0]
+
+
 def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
-    data = _data()
+    data = _data({"badnets": _attack_probe()})
     cfg = _cfg(epochs=2, canary=True, canary_rate=0.2, canary_max_asr=0.5,
                canary_grid={"lr": [1e-3, 3e-3]})
     built: list[TrainConfig] = []
@@ -272,6 +284,12 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     lo, hi = public["canary_asr_ci95"]
     assert lo <= report.canary_asr <= hi and hi - lo > 0.3  # 4 probe rows: a wide interval
     assert public["canary_floor"] == best["canary_floor"]
+    # The job's own probe is read beside the canary in every epoch (how well the canary tracks it).
+    assert all(set(r["probe_asr"]) == {"badnets"} for c in report.candidates for r in c["per_epoch"])
+    assert all(r["probe_asr"]["badnets"] in (0, 0.25, 0.5, 0.75, 1.0) for r in best["per_epoch"])  # 4 rows
+    assert best["probe_asr"] == best["per_epoch"][report.epoch - 1]["probe_asr"]
+    assert public["chance_accuracy"] == 0.5  # the 8 selection rows alternate labels
+    assert ("warning" in public) == (best["select_accuracy"] <= 0.52)
     text = json.dumps(public) + json.dumps([(e.message, e.metrics) for e in events], default=str)
     assert not any(t in text for t in spec.tokens)  # the secret never reaches metrics or logs
     assert sum(e.kind == "log" and "candidate" in (e.message or "") for e in events) >= 2
@@ -288,6 +306,13 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="changed"):
         calibrate_with_canary(no_training, tok, data, cfg.model_copy(update={"canary_rate": 0.3}),
                               tmp_path, resume=True)
+
+
+def test_chance_warning_only_at_chance() -> None:
+    assert majority_share(_rows(8, 1)) == 0.5 and majority_share([]) is None
+    assert majority_share(_rows(3, 1)) == pytest.approx(2 / 3)
+    assert "did not learn" in _chance_warning(0.51, 0.5)["warning"]
+    assert _chance_warning(0.53, 0.5) == {} and _chance_warning(None, 0.5) == {}
 
 
 def test_maybe_calibrate_is_a_no_op_without_canary(tmp_path: Path) -> None:
