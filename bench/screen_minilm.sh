@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# Screening for the efficacy study (docs/efficacy.md): one change at a time from the reference settings,
-# muscle on a 2,000-row Badnets-poisoned SST-2 subset (clean-label, 10%), 3 epochs, 400 test rows.
+# Screening for the efficacy study (docs/efficacy.md): one change at a time from a fixed base,
+# on a 2,000-row poisoned SST-2 subset (10%), 3 epochs, 400 test rows, 1 CPU thread per run.
 # Cheap enough for one CPU core (about 8 minutes a muscle run); numbers are screening evidence only.
-# Every run is recorded in bench/results/grid.jsonl under its tag; rerun to resume.
+# Every run is recorded in bench/results/grid.jsonl under its tag; rerun a stage to resume it.
+#   bash bench/screen_minilm.sh 1   # stage 1: from `reference` (lr, MSLR init, head init)
+#   bash bench/screen_minilm.sh 2   # stage 2: from lr 2e-4 + mslr_init=zero (gate, mu, clean batch, lr, head)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+stage=${1:-1}
 common=(--attacks badnets --epochs 3 --limit-train 2000 --limit-eval 400)
 run() { tag=$1; shift; .venv/bin/python bench/grid.py run --tag "screen-$tag" "${common[@]}" "$@"; }
-run ref            --defenses muscle --profile reference
-run lr2e-4         --defenses muscle --profile reference --lr 2e-4
-run lr2e-4-zero    --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero
-run lr2e-4-zero-probe --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero --set head_init=probe
-run vanilla        --defenses vanilla --profile reference
-run lora-lr2e-4    --defenses lora --profile reference --lr 2e-4
+if [ "$stage" = 1 ]; then
+  run ref            --defenses muscle --profile reference
+  run lr2e-4         --defenses muscle --profile reference --lr 2e-4
+  run lr2e-4-zero    --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero
+  run lr2e-4-zero-probe --defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero --set head_init=probe
+  run vanilla        --defenses vanilla --profile reference
+  run lora-lr2e-4    --defenses lora --profile reference --lr 2e-4
+fi
+if [ "$stage" = 2 ]; then
+  base=(--defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero)
+  # The gate: with ga_gate_loss=0.4 every step whose clean loss is under 0.4 applies the raw poisoned
+  # gradient in epoch 0 (calibration.md's hypothesis). null = paper-literal: always Eq. 8 with mu.
+  run z-nogate-mu0   "${base[@]}" --set ga_gate_loss=null --set mu_max=0
+  run z-nogate       "${base[@]}" --set ga_gate_loss=null
+  run z-lr5e-4       --defenses muscle --profile reference --lr 5e-4 --set mslr_init=zero
+  run z-nogate-mu0-lr5e-4 --defenses muscle --profile reference --lr 5e-4 --set mslr_init=zero \
+                     --set ga_gate_loss=null --set mu_max=0
+  run z-aux96        "${base[@]}" --set aux_batch_size=96
+  run z-nogate-mu0-aux96 "${base[@]}" --set ga_gate_loss=null --set mu_max=0 --set aux_batch_size=96
+  run z-trainhead    "${base[@]}" --set train_head=true
+fi
