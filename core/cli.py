@@ -9,6 +9,7 @@ import argparse
 import json
 import signal
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
     ref, default = resolve_config("reference"), resolve_config("default")
     for name, info in TrainConfig.model_fields.items():
         r, d = getattr(ref, name), getattr(default, name)
-        print(f"{name:24s} default={d!r:28s} reference={r!r:28s} {info.description or ''}".rstrip())
+        print(f"{name:24s} default={d!r:28s} reference={r!r}")
+        if info.description:
+            print(textwrap.fill(info.description, width=100, initial_indent="    ", subsequent_indent="    "))
     return 0
 
 

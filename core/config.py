@@ -31,79 +31,126 @@ METHOD_PARTS: dict[str, dict[str, bool]] = {
 class TrainConfig(BaseModel):
     """Everything that decides a training run. Unknown keys are refused (typos must not pass silently)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
     profile: Literal["default", "reference"] = "default"
+    """Preset the run started from: reference = the authors' code, default = tuned for MiniLM-sized encoders."""
     method: Method = "muscle"
+    """Defense: muscle, vanilla (full fine-tuning), lora, adapter, prefix, or an ablation."""
     model: str = "minilm"
+    """Backbone: minilm (packaged all-MiniLM-L6-v2), a hub id or a local folder."""
     seed: int = 42
+    """Seed for initialisation, shuffling and sampling; the same seed gives the same result on CPU."""
     epochs: int = Field(10, ge=1, le=1000)
+    """Training epochs."""
     batch_size: int = Field(32, ge=1)
+    """Training rows per step."""
     eval_batch_size: int = Field(128, ge=1)
+    """Rows per evaluation batch (length-sorted)."""
     max_length: int = Field(512, ge=8)
+    """Tokens per row after truncation."""
     lr: float = Field(2e-5, gt=0)
+    """Peak learning rate (AdamW, linear decay to zero)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Share of steps with linear warm-up."""
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
+    """Gradient-norm clipping after alignment; 0 switches it off."""
     target_label: str = "1"
+    """The attack's target class: ASR counts rows of other classes predicted as this one."""
 
     # LoRA (PEFT) on the attention query/value projections.
     lora_r: int = Field(8, ge=1)
+    """LoRA rank."""
     lora_alpha: float = Field(32, gt=0)
+    """LoRA scaling numerator (scale = alpha / r)."""
     lora_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the LoRA path."""
     lora_targets: list[str] | None = None  # None: per-family default (query/value, q_proj/v_proj)
+    """Module names LoRA wraps; null = the family default (query/value)."""
 
     # Multi-scale low-rank module on the penultimate dense layer: h = W0 x + a * R (S * (L x)).
     mslr_scales: list[float] | None = None  # None: per-family default (paper Table 6 / rule)
+    """Radial scaling factors S of the multi-scale module; null = the family default."""
     mslr_rank: int = Field(1, ge=1)  # bandwidth: each scale repeated this many times
+    """Bandwidth: each scale repeated this many times."""
     mslr_alpha: float = Field(6.0, gt=0)  # multiplier alpha/rank on the MSLR path
+    """Multiplier of the multi-scale path (alpha / mslr_rank)."""
     mslr_init: Literal["kaiming", "zero"] = "kaiming"  # authors: both L and R Kaiming (non-zero)
+    """Initialisation of the multi-scale factors: kaiming (authors, non-zero) or zero (R = 0, paper)."""
 
     # Head: the authors freeze the randomly initialised classifier whenever LoRA is on. `probe` starts the
     # output layer from a logistic regression on the clean aux rows' features instead (still frozen
     # unless train_head).
     train_head: bool = False
+    """Train the classification head (the authors freeze it whenever LoRA is on)."""
     head_init: Literal["random", "probe"] = "random"
+    """Head start: random, or probe = a logistic regression on the clean aux rows' features."""
 
     # Gradient alignment.
     ga_granularity: Literal["per_tensor", "global"] = "per_tensor"
+    """Gradient alignment per parameter tensor (authors) or once over the whole gradient."""
     ga_gate_loss: float | None = 0.4  # pure alignment while the clean loss is above this; None: no gate
+    """Clean-loss gate: pure alignment while the clean batch loss is above this; null = no gate."""
     ga_min_ref_grad_norm: float = 5e-7
+    """Below this mean clean-gradient norm the gate counts the clean gradient as zero."""
     mu_max: float = Field(0.1, ge=0, le=1)
+    """Largest share of the raw gradient mixed into the aligned one (Eq. 8)."""
     mu_start_epoch: int = Field(1, ge=0)  # GAEpoch
+    """First 0-based epoch with mu > 0."""
     mu_schedule: Literal["per_epoch", "linear_step"] = "per_epoch"
+    """How mu grows: per_epoch (authors) or linear_step (paper)."""
     aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
+    """Clean auxiliary rows in the reference batch of each step."""
 
     # Adapter / prefix baselines.
     adapter_bottleneck: int = Field(8, ge=1)
+    """Bottleneck width of the adapter baseline."""
     prefix_tokens: int = Field(8, ge=1)
+    """Virtual tokens of the prefix-tuning baseline."""
 
     # Canary calibration (issue: estimate backdoor suppression on the user's own data). A secret synthetic
     # trigger is planted in a copy of the training data; a first run reads its ASR per epoch on held-back
     # clean rows; the shipped model is trained again without it.
     canary: bool = False
+    """Calibrate with a secret planted canary trigger: choose the epoch (and grid point) by canary ASR."""
     canary_rate: float = Field(0.05, gt=0, lt=0.5)
+    """Share of training rows that get the canary trigger (in the calibration copy only)."""
     canary_max_asr: float = Field(0.2, ge=0, le=1)  # epochs above this canary ASR are not chosen
+    """Epochs (and settings) above this canary ASR are not chosen."""
     canary_grid: dict[str, list[Any]] | None = None  # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
+    """Optional settings grid the canary chooses from, e.g. {"lr": [1e-4, 3e-4]}."""
     fixed_epoch: int | None = Field(None, ge=1)  # ship this epoch instead of the best select accuracy
+    """Ship this epoch instead of the one with the best selection accuracy."""
 
     # Frequency-space analysis (paper §3, Appendix A): LFR/HFR and relative errors of the clean mapping
     # (select rows) and the backdoor mapping (the first probe, else training rows marked `poisoned`)
     # every `frequency_every` steps of the first `frequency_epochs` epochs; 0 switches it off.
     frequency_every: int = Field(0, ge=0)
+    """Record frequency-space metrics every N steps; 0 switches the analysis off."""
     frequency_epochs: int = Field(10, ge=1)
+    """Record them during the first this-many epochs only."""
     frequency_squared: bool = False  # paper's squared distance instead of the authors' plain distance
+    """Squared distances in the kernel (paper) instead of plain ones (authors' code)."""
     frequency_max_rows: int | None = Field(512, ge=2)  # per set; the kernel is rows x rows
+    """Rows per set in the frequency analysis (the kernel is rows x rows)."""
 
     # Data handling.
     select_fraction: float = Field(0.25, gt=0, lt=1)  # share of aux held back for epoch choice w/o --select
+    """Share of the aux rows held back for epoch choice when no --select file is given."""
     eval_holdout_fraction: float = Field(0.1, gt=0, lt=1)  # share of train held back as eval w/o --eval
+    """Share of training rows held back as the eval set when no --eval file is given."""
     min_aux_per_class: int = Field(2, ge=1)
+    """Fewest clean aux rows each class must have."""
 
     # Runtime.
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    """auto, cpu, cuda or cuda:N."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast on CUDA only
+    """auto, fp32, bf16 or fp16; autocast applies on CUDA only."""
     checkpoint_every_epoch: bool = True
+    """Write a resumable checkpoint after every epoch."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -229,3 +229,16 @@ def test_baseline_subcommand_forwards_to_the_baseline_runner(capsys: pytest.Capt
     assert exc_info.value.code == 2
     err = capsys.readouterr().err
     assert "muscle baseline detect" in err and "--model" in err
+
+
+def test_settings_lists_every_field_with_both_profiles_and_a_description(capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import TrainConfig
+
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name, info in TrainConfig.model_fields.items():
+        assert info.description, f"{name} has no description"
+        head = next(i for i, line in enumerate(lines) if line.split()[0] == name)
+        assert "default=" in lines[head] and "reference=" in lines[head]
+        assert lines[head + 1].startswith("    ") and info.description.split()[0] in lines[head + 1]

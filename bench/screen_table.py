@@ -1,0 +1,68 @@
+"""Markdown table of screening runs from the grid's JSONL: one row per cell, with what it changed.
+
+    python bench/screen_table.py [--results bench/results/grid.jsonl] [--prefix screen-]
+
+Columns: tag, method, attack, settings changed from the profile (`--lr`, `--set`), CACC and ASR of the
+shipped epoch, then per epoch "selection accuracy / ASR / share of raw (unaligned) steps", and wall
+time. Only the latest `ok` record of each cell counts, as in `render.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def latest_ok(path: Path, prefix: str) -> list[dict[str, Any]]:
+    cells: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("status") == "ok" and str(rec.get("tag", "")).startswith(prefix):
+            cells[rec["cell"]] = rec  # later lines win
+    return list(cells.values())
+
+
+def changed(rec: dict[str, Any]) -> str:
+    opts = rec.get("options") or {}
+    parts = [f"lr {opts['lr']:g}"] if opts.get("lr") else []
+    parts += list(opts.get("sets") or [])
+    return " ".join(parts) or "-"
+
+
+def epochs(rec: dict[str, Any]) -> str:
+    out = []
+    for ep in (rec.get("metrics") or {}).get("per_epoch", []):
+        asr = next(iter((ep.get("monitors") or {}).values()), None)
+        cell = f"{100 * ep['select_accuracy']:.0f}/" + ("-" if asr is None else f"{100 * asr:.0f}")
+        raw = (ep.get("ga") or {}).get("raw_share")
+        out.append(cell + ("" if raw is None else f"/{100 * raw:.0f}"))
+    return ", ".join(out)
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def row(rec: dict[str, Any]) -> str:
+    return (f"| {rec['tag']} | {rec['defense']} | {rec['attack']} | {changed(rec)} | {pct(rec.get('cacc'))} | "
+            f"{pct(rec.get('asr'))} | {epochs(rec)} | {rec['wall_seconds'] / 60:.1f} min |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "grid.jsonl")
+    parser.add_argument("--prefix", default="screen-")
+    args = parser.parse_args(argv)
+    print("| tag | method | attack | changed | CACC | ASR | per epoch sel/ASR/raw% | wall |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for rec in sorted(latest_ok(args.results, args.prefix), key=lambda r: r["recorded_at"]):
+        print(row(rec))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
