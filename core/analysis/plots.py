@@ -22,7 +22,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator, ScalarFormatter  # noqa: E402
 
 from core.analysis.frequency import DEFAULT_DELTAS, REPORT_DELTA, delta_index, series  # noqa: E402
 
@@ -83,18 +83,26 @@ def plot_ratio_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     steps = [rec["step"] for rec in history]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
     for ax, metric, label in ((top, "lfr", "LFR"), (bottom, "hfr", "HFR")):
+        shown: list[float] = []
         for set_name, color, name in SETS:
             if set_name in history[0]["sets"]:
                 values = np.asarray(series(history, set_name, metric, idx), dtype=float)
                 # log scale cannot show 0 or NaN; leave those points out rather than fail
                 values = np.where(values > 0, values, np.nan)
                 ax.plot(steps, values, color=color, label=name, marker="o", markersize=2)
+                shown.extend(v for v in values if np.isfinite(v))
         ax.set_yscale("log")
+        if shown:  # one step, or flat curves: autoscale would zoom into a sliver with offset labels
+            lo, hi = min(shown), max(shown)
+            if hi / lo < 2:
+                mid = (lo * hi) ** 0.5
+                ax.set_ylim(mid / 1.5, mid * 1.5)
         if metric == "lfr":  # values near 1: plain decimals read better than 9.9x10^-1
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter())
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
         ax.set_ylabel(label)
     top.legend(loc="best")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     bottom.set_xlabel("Steps")
     if title:
         top.set_title(title)
