@@ -3,7 +3,7 @@
     python bench/screen_table.py [--results bench/results/grid.jsonl] [--prefix screen-]
 
 Columns: tag, method, attack, settings changed from the profile (`--lr`, `--set`), CACC and ASR of the
-shipped epoch, then per epoch "selection accuracy / ASR / share of raw (unaligned) steps", and wall
+shipped epoch, then per epoch "selection accuracy / ASR (floor) / share of raw (unaligned) steps", and wall
 time. Only the latest `ok` record of each cell counts, as in `render.py`.
 """
 
@@ -36,8 +36,11 @@ def changed(rec: dict[str, Any]) -> str:
 def epochs(rec: dict[str, Any]) -> str:
     out = []
     for ep in (rec.get("metrics") or {}).get("per_epoch", []):
-        asr = next(iter((ep.get("monitors") or {}).values()), None)
+        monitors = dict(ep.get("monitors") or {})
+        floor = monitors.pop("asr_floor", None)
+        asr = next(iter(monitors.values()), None)
         cell = f"{100 * ep['select_accuracy']:.0f}/" + ("-" if asr is None else f"{100 * asr:.0f}")
+        cell += "" if floor is None else f" (floor {100 * floor:.0f})"
         raw = (ep.get("ga") or {}).get("raw_share")
         out.append(cell + ("" if raw is None else f"/{100 * raw:.0f}"))
     return ", ".join(out)

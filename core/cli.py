@@ -16,6 +16,7 @@ from typing import Any
 
 from core.config import METHODS, PROFILES, TrainConfig, resolve_config
 from core.errors import JobCancelled, MuscleError
+from core.metrics import FLOOR_MONITOR
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -166,7 +167,8 @@ class ProgressBar:
         elif event.kind == "epoch":
             metrics = event.metrics or {}
             shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-            shown.update({f"asr:{k}": v for k, v in (metrics.get("monitors") or {}).items()})
+            shown.update({k if k == FLOOR_MONITOR else f"asr:{k}": v
+                          for k, v in (metrics.get("monitors") or {}).items()})
             line = f"epoch {event.epoch}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
             (self.bar.write if self.bar is not None else _stderr)(line)

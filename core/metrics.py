@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+# Per-epoch monitor beside the probes: clean non-target eval rows relabelled as the target, so its
+# "accuracy" is the share already called the target, the floor each epoch's ASR must be read against.
+FLOOR_MONITOR = "asr_floor"
+
 
 def _ints(values: Any, name: str) -> list[int]:
     """1-D ints from a list, ndarray or tensor (anything with `tolist`), without importing torch."""

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from core.data.labels import LabelMap
 from core.data.table import read_table
 from core.engine import CancelCheck, JobInputs, JobResult, ProgressCallback, ProgressEvent
 from core.errors import ConfigError, DataError
+from core.metrics import FLOOR_MONITOR
 
 
 @dataclass
@@ -51,6 +52,14 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def epoch_monitors(data: PreparedData) -> dict[str, list[Example]]:
+    """What the loop scores after each epoch (never used to choose): the probes and, with them, the floor."""
+    if not data.probes:
+        return {}
+    floor = [replace(e, label=data.target, orig_label=e.label) for e in data.eval if e.label != data.target]
+    return {**data.probes, **({FLOOR_MONITOR: floor} if floor else {})}
 
 
 def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
@@ -106,6 +115,8 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
             raise ConfigError(f"probe name {name!r} given twice")
         probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
     for name, rows in probes.items():
+        if name == FLOOR_MONITOR:
+            raise ConfigError(f"probe name {name!r} is reserved for the per-epoch ASR floor; pick another")
         if not rows:
             raise ConfigError(f"probe {name!r} has no rows whose true label is not the target")
 
@@ -248,7 +259,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     tracker = frequency_tracker(model, tokenizer, data, config, emit)
     outcome = train(model, tokenizer, data.train, data.aux, data.select, config,
                     ckpt_dir=out_dir / "checkpoints", progress=emit, should_cancel=should_cancel,
-                    resume=resume, monitors=data.probes, step_callback=tracker)
+                    resume=resume, monitors=epoch_monitors(data), step_callback=tracker)
     analysis_files = tracker.finish(out_dir / "analysis") if tracker is not None else []
 
     emit(ProgressEvent(kind="phase", phase="exporting", message="merging and saving the model"))

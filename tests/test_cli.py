@@ -71,6 +71,9 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     negatives = [p for p, y in zip(preds_of(out, sentiment_rows(20)), [r["label"] for r in sentiment_rows(20)],
                                    strict=True) if y == 0]
     assert metrics["asr_floor"] == pytest.approx(sum(p == 1 for p in negatives) / len(negatives))
+    # Each epoch reads its ASR beside the floor; the shipped epoch's floor is the exported model's.
+    assert all(set(r["monitors"]) == {"badnets", "asr_floor"} for r in metrics["per_epoch"])
+    assert metrics["per_epoch"][metrics["best_epoch"] - 1]["monitors"]["asr_floor"] == metrics["asr_floor"]
     assert metrics["data_sha256"]["train"] and "eval file" in metrics["cacc_source"]
     assert (out / "adapter").is_dir() and (out / "model" / "README.md").is_file()
     assert "Clean accuracy" in (out / "model" / "README.md").read_text()
