@@ -196,6 +196,13 @@ DEFAULT: dict[str, object] = dict(REFERENCE)
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 
+# Per-method values a profile applies before the caller's overrides. The default profile's learning rate is
+# tuned for low-rank updates (LoRA, MSLR); full fine-tuning and the other baselines keep the authors' 2e-5.
+PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
+    "reference": {},
+    "default": {m: {"lr": REFERENCE["lr"]} for m in ("vanilla", "ga-only", "adapter", "prefix")},
+}
+
 # Llama-family settings of the authors' code (r 2, alpha 8, mu_max 0, no gate, batch 16, lr 1e-5, 5 epochs).
 LLAMA_REFERENCE: dict[str, object] = {
     "lora_r": 2,
@@ -219,5 +226,7 @@ def resolve_config(profile: str = "default", overrides: dict[str, object] | None
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     values: dict[str, object] = dict(PROFILES[profile])
     values["profile"] = profile
+    method = (overrides or {}).get("method", values.get("method", TrainConfig.model_fields["method"].default))
+    values.update(PROFILE_METHOD_VALUES[profile].get(str(method), {}))
     values.update(overrides or {})
     return TrainConfig(**values)

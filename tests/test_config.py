@@ -1,0 +1,31 @@
+"""Profiles: reference is the authors' settings; default applies per-method values before overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.config import DEFAULT, PROFILE_METHOD_VALUES, REFERENCE, resolve_config
+
+
+def test_reference_is_the_authors_settings_for_every_method() -> None:
+    for method in ("muscle", "lora", "vanilla"):
+        cfg = resolve_config("reference", {"method": method})
+        assert cfg.lr == 2e-5 and cfg.mslr_init == "kaiming" and cfg.ga_gate_loss == 0.4 and cfg.mu_max == 0.1
+
+
+def test_default_keeps_full_fine_tuning_at_the_authors_lr() -> None:
+    assert resolve_config("default").lr == DEFAULT["lr"]
+    for method in PROFILE_METHOD_VALUES["default"]:
+        assert resolve_config("default", {"method": method}).lr == REFERENCE["lr"]
+
+
+def test_overrides_beat_per_method_values() -> None:
+    assert resolve_config("default", {"method": "vanilla", "lr": 1e-4}).lr == 1e-4
+    assert resolve_config("default", {"ga_gate_loss": None}).ga_gate_loss is None  # None is a real value
+
+
+def test_unknown_profile_and_setting_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        resolve_config("fast")
+    with pytest.raises(ValueError, match="extra"):
+        resolve_config("default", {"lr_typo": 1.0})
