@@ -89,8 +89,8 @@ class TrainConfig(BaseModel):
     """Head start: random, or probe = a logistic regression on the clean aux rows' features."""
 
     # Gradient alignment.
-    ga_granularity: Literal["per_tensor", "global"] = "per_tensor"
-    """Gradient alignment per parameter tensor (authors) or once over the whole gradient."""
+    ga_granularity: Literal["per_tensor", "global", "per_row"] = "per_tensor"
+    """Gradient alignment per parameter tensor (authors), once over the whole gradient, or per matrix row."""
     ga_gate_loss: float | None = 0.4  # pure alignment while the clean loss is above this; None: no gate
     """Clean-loss gate: pure alignment while the clean batch loss is above this; null = no gate."""
     ga_min_ref_grad_norm: float = 5e-7

@@ -91,6 +91,29 @@ def test_global_variant_mixed() -> None:
     assert torch.allclose(a.grad, 0.5 * torch.tensor([1.0, 0.0]) + 0.5 * torch.tensor([-1.0, 0.0]))
 
 
+def test_per_row_variant_hand_example() -> None:
+    w = torch.zeros(3, 2, requires_grad=True)
+    w.grad = torch.tensor([[1.0, 2.0], [-4.0, 0.0], [7.0, 7.0]])
+    vec = _param([0.0, 2.0])
+    gc = [torch.tensor([[3.0, 0.0], [1.0, 1.0], [0.0, 0.0]]), torch.tensor([1.0, 1.0])]
+    align_gradients([w, vec], gc, granularity="per_row")
+    # row 0: 3/9 * [3, 0] = [1, 0]; row 1: |-4/2| * [1, 1] = [2, 2]; row 2: no clean gradient -> no update
+    assert torch.allclose(w.grad, torch.tensor([[1.0, 0.0], [2.0, 2.0], [0.0, 0.0]]))
+    assert torch.allclose(vec.grad, torch.tensor([1.0, 1.0]))  # a vector is one row: |2/2| * [1, 1]
+    # per tensor on the same matrix: one coefficient, and it differs from the rows' own
+    w2 = torch.zeros(3, 2, requires_grad=True)
+    w2.grad = torch.tensor([[1.0, 2.0], [-4.0, 0.0], [7.0, 7.0]])
+    align_gradients([w2], gc[:1], granularity="per_tensor")
+    assert torch.allclose(w2.grad, abs(-1.0 / 11) * gc[0])
+
+
+def test_per_row_variant_mixed() -> None:
+    w = torch.zeros(1, 2, requires_grad=True)
+    w.grad = torch.tensor([[-1.0, 0.0]])
+    align_gradients([w], [torch.tensor([[2.0, 0.0]])], granularity="per_row", mu=0.5, mode="mixed")
+    assert torch.allclose(w.grad, torch.tensor([[0.5 * 1.0 + 0.5 * -1.0, 0.0]]))
+
+
 def test_matrix_tensors_and_fused_dot_path_agree() -> None:
     torch.manual_seed(0)
     gs = [torch.randn(3, 4), torch.randn(5), torch.randn(2, 2, 2)]

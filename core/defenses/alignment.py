@@ -11,7 +11,8 @@ Per step, after ``loss.backward()`` filled ``p.grad = g`` and a clean reference 
    * ``ga_gate_loss = None`` (paper-literal): always ``mixed`` (with mu = 0 that is pure alignment);
 3. ``g_a = |g . g_c| / ||g_c||^2 * g_c`` (Eq. 7 with the absolute value: a conflicting gradient is
    flipped onto +g_c with the projection's magnitude), per parameter tensor by default, or once over
-   the concatenated gradient (``ga_granularity = "global"``). A tensor (or, globally, the whole
+   the concatenated gradient (``ga_granularity = "global"``), or per row of each matrix (``per_row``,
+   ours, see `_align_rows`). A tensor (or, globally, the whole
    vector) whose g or g_c has zero norm keeps its raw gradient.
 
 mu: ``per_epoch`` (authors) mu_e = mu_max (e - start) / (epochs - start) for 0-based epoch e >= start,
@@ -140,6 +141,8 @@ def align_gradients(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | 
         torch._foreach_mul_(gs, keep)
         torch._foreach_add_(gs, gcs, alpha=coef)
         return len(gs), missing
+    if granularity == "per_row":
+        return _align_rows(gs, gcs, keep), missing
     if granularity != "per_tensor":
         raise ValueError(f"unknown GA granularity {granularity!r}")
     valid = (ng > 0) & (nc > 0)
@@ -164,6 +167,24 @@ def align_gradients(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | 
                 g.mul_(bi).add_(gc, alpha=ai)
     changed = int(sum(ok))
     return changed, len(gs) - changed + missing
+
+
+def _align_rows(gs: list[torch.Tensor], gcs: list[torch.Tensor], keep: float) -> int:
+    """Eq. 7 per row (per output unit) of every tensor of two or more dimensions, per tensor for vectors.
+
+    Finer than the authors' per-tensor alignment: each row keeps the clean gradient's direction but gets
+    its own step length from the training gradient. A row whose clean gradient is zero (an embedding row
+    no clean token uses, such as a rare-word trigger's) gets no aligned update at all, where per-tensor
+    alignment would leave a zero-norm tensor raw.
+    """
+    for g, gc in zip(gs, gcs, strict=True):
+        g2 = g.reshape(g.shape[0], -1) if g.dim() >= 2 else g.reshape(1, -1)
+        c2 = gc.reshape(g2.shape)
+        nc2 = (c2 * c2).sum(dim=1, keepdim=True)
+        coef = torch.where(nc2 > 0, (g2 * c2).sum(dim=1, keepdim=True).abs() / nc2.clamp_min(1e-38),
+                           torch.zeros_like(nc2))
+        g2.mul_(keep).add_(c2 * (coef * (1.0 - keep)))
+    return len(gs)
 
 
 def apply_alignment(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None], ref_loss: float,
