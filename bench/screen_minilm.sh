@@ -5,6 +5,7 @@
 # Every run is recorded in bench/results/grid.jsonl under its tag; rerun a stage to resume it.
 #   bash bench/screen_minilm.sh 1   # stage 1: from `reference` (lr, MSLR init, head init)
 #   bash bench/screen_minilm.sh 2   # stage 2: from lr 2e-4 + mslr_init=zero (gate, mu, clean batch, lr, head)
+#   bash bench/screen_minilm.sh 3   # stage 3: from the paper-literal gate (mu, lr, per-row GA, probe head)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
@@ -31,4 +32,13 @@ if [ "$stage" = 2 ]; then
   run z-aux96        "${base[@]}" --set aux_batch_size=96
   run z-nogate-mu0-aux96 "${base[@]}" --set ga_gate_loss=null --set mu_max=0 --set aux_batch_size=96
   run z-trainhead    "${base[@]}" --set train_head=true
+fi
+if [ "$stage" = 3 ]; then
+  # Without the gate the backdoor stays at its floor (ASR = clean negatives already called positive):
+  # what is left is clean accuracy. From the paper-literal base, what makes the model learn more?
+  base=(--defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero --set ga_gate_loss=null)
+  run z-nogate-mu0.5   "${base[@]}" --set mu_max=0.5
+  run z-nogate-lr5e-4  --defenses muscle --profile reference --lr 5e-4 --set mslr_init=zero --set ga_gate_loss=null
+  run z-nogate-perrow  "${base[@]}" --set ga_granularity=per_row
+  run z-nogate-probe   "${base[@]}" --set head_init=probe
 fi
