@@ -1,0 +1,110 @@
+"""The efficacy table from the grid's JSONL: CACC, ASR, canary ASR and wall time per method and attack,
+and how well the canary ASR tracked the real ASR.
+
+    .venv/bin/python bench/efficacy_table.py [--results bench/results/grid.jsonl] > bench/results/efficacy.md
+
+Reads the `efficacy-reference` and `efficacy-default` tags (`bench/efficacy_table.sh`). Each cell is
+"CACC / ASR (floor) · canary ASR": ASR of the shipped model on the attack's probe; floor = clean
+non-target test rows already called the target; canary ASR = the secret canary's ASR at the epoch the
+calibration chose (on held-back clean rows). Tracking: the canary run trains on the poisoned data plus
+the canary, so every epoch of it gives a (canary ASR, real attack ASR) pair; we report their Pearson
+and Spearman correlation, and the same for the shipped cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TAGS = {"efficacy-reference": "reference", "efficacy-default": "default"}
+ROWS = [("vanilla", "reference"), ("lora", "reference"), ("muscle", "reference"), ("muscle", "default")]
+ATTACKS = ["badnets", "addsent", "hiddenkiller"]
+
+
+def load(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("status") == "ok" and rec.get("tag") in TAGS:
+            cells[(rec["defense"], TAGS[rec["tag"]], rec["attack"])] = rec
+    return cells
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def cell(rec: dict[str, Any] | None) -> str:
+    if rec is None:
+        return "not run"
+    m = rec["metrics"]
+    return f"{pct(rec['cacc'])} / {pct(rec['asr'])} ({pct(m.get('asr_floor'))}) · {pct(m.get('canary_asr'))}"
+
+
+def ranks(xs: list[float]) -> list[float]:
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    out = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def correlations(pairs: list[tuple[float, float]]) -> str:
+    if len(pairs) < 3:
+        return f"{len(pairs)} pairs: too few"
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    try:
+        pearson = statistics.correlation(xs, ys)
+        spearman = statistics.correlation(ranks(xs), ranks(ys))
+    except statistics.StatisticsError:
+        return f"{len(pairs)} pairs: constant values"
+    return f"{len(pairs)} pairs: Pearson {pearson:.2f}, Spearman {spearman:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "grid.jsonl")
+    args = parser.parse_args(argv)
+    cells = load(args.results)
+    print("| method | profile | " + " | ".join(a.capitalize() for a in ATTACKS) + " | wall (sum) |")
+    print("| --- | --- | " + " | ".join("---" for _ in ATTACKS) + " | --- |")
+    for method, profile in ROWS:
+        recs = [cells.get((method, profile, a)) for a in ATTACKS]
+        wall = sum(r["wall_seconds"] for r in recs if r) / 60
+        print(f"| {method} | {profile} | " + " | ".join(cell(r) for r in recs) + f" | {wall:.0f} min |")
+
+    shipped, per_epoch, chosen = [], [], []
+    for (method, profile, attack), rec in sorted(cells.items()):
+        canary = rec["metrics"].get("canary") or {}
+        if rec["metrics"].get("canary_asr") is None:
+            continue
+        shipped.append((rec["metrics"]["canary_asr"], rec["asr"]))
+        for cand in canary.get("candidates", []):
+            for ep in cand.get("per_epoch", []):
+                real = (ep.get("probe_asr") or {}).get(attack)
+                if real is not None:
+                    per_epoch.append((ep["canary_asr"], real))
+            real = (cand.get("probe_asr") or {}).get(attack)
+            if real is not None:
+                chosen.append(f"{method}/{profile}/{attack}: epoch {cand['epoch']}, canary "
+                              f"{pct(cand['canary_asr'])}, real {pct(real)} (same canary run)")
+    print()
+    print(f"- canary ASR vs real ASR, every epoch of every canary run: {correlations(per_epoch)}")
+    print(f"- canary ASR of the chosen epoch vs the shipped model's real ASR: {correlations(shipped)}")
+    for line in chosen:
+        print(f"  - {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

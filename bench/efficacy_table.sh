@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The efficacy table (issue: defense on the default backbone): vanilla, lora, reference muscle and default
+# muscle on Badnets, Addsent and HiddenKiller, each with canary calibration on (so every row has a canary
+# ASR beside its real ASR), on the screening subset: 2,000 SST-2 rows poisoned at 10%, 3 epochs, 400
+# test/probe rows, 1 CPU thread per run. Two parts, one per core; rerun a part to resume it.
+#   bash bench/efficacy_table.sh default     # default muscle x 3 attacks
+#   bash bench/efficacy_table.sh reference   # reference muscle, vanilla, lora x 3 attacks
+#   .venv/bin/python bench/efficacy_table.py > bench/results/efficacy.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+common=(--epochs 3 --limit-train 2000 --limit-eval 400 --set canary=true)
+grid() { .venv/bin/python bench/grid.py run "${common[@]}" "$@"; }
+case "${1:-}" in
+  default) grid --tag efficacy-default --profile default --defenses muscle --attacks badnets,addsent,hiddenkiller ;;
+  reference)
+    grid --tag efficacy-reference --profile reference --defenses muscle --attacks badnets,addsent,hiddenkiller
+    grid --tag efficacy-reference --profile reference --defenses vanilla,lora --attacks badnets,addsent,hiddenkiller ;;
+  *) echo "usage: $0 default|reference" >&2; exit 2 ;;
+esac
