@@ -44,8 +44,8 @@ PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has an
 PUBLIC_EXTRA = ("chance_accuracy", "warning")  # report fields kept in `extra`
 CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
 # Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
-NOT_IN_GRID = frozenset({"canary", "canary_rate", "canary_max_asr", "canary_grid", "fixed_epoch", "profile",
-                         "model", "target_label", "select_fraction", "eval_holdout_fraction",
+NOT_IN_GRID = frozenset({"canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid",
+                         "fixed_epoch", "profile", "model", "target_label", "select_fraction", "eval_holdout_fraction",
                          "min_aux_per_class", "device", "precision", "checkpoint_every_epoch"})
 
 
@@ -243,7 +243,8 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
         if candidate.fixed_epoch is not None:  # the user fixed the epoch: only the setting is chosen
             epoch, reason = candidate.fixed_epoch, f"epoch {candidate.fixed_epoch}: fixed_epoch set"
         else:
-            epoch, reason = choose_epoch(outcome.per_epoch, CANARY, max_asr=config.canary_max_asr)
+            epoch, reason = choose_epoch(outcome.per_epoch, CANARY, max_asr=config.canary_max_asr,
+                                         floor_key=FLOOR if config.canary_criterion == "lift" else None)
         rec = outcome.per_epoch[epoch - 1]
         results.append({
             "candidate": i,
@@ -260,14 +261,16 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
                           for r in outcome.per_epoch],
         })
 
-    chosen = choose_setting(results, max_asr=config.canary_max_asr)
+    lift = config.canary_criterion == "lift"
+    chosen = choose_setting(results, max_asr=config.canary_max_asr, lift=lift)
     best = results[chosen]
     reason = best["reason"]
     if len(results) > 1:
-        qualified = best["canary_asr"] <= config.canary_max_asr
+        bounded = best["canary_asr"] - (best["canary_floor"] if lift else 0.0)
+        what = "canary lift" if lift else "canary ASR"
         reason = (f"candidate {chosen} ({', '.join(f'{k}={v}' for k, v in best['settings'].items())}): "
-                  + ("highest selection accuracy among settings within the canary ASR limit"
-                     if qualified else "no setting kept the canary ASR within the limit; lowest canary ASR")
+                  + (f"highest selection accuracy among settings within the {what} limit"
+                     if bounded <= config.canary_max_asr else f"no setting kept the {what} within the limit; lowest")
                   + f"; {reason}")
     report = CanaryReport(
         config=candidates[chosen][1].model_copy(update={"fixed_epoch": best["epoch"]}),

@@ -152,6 +152,17 @@ def test_choose_epoch_when_none_qualifies_takes_the_lowest_asr() -> None:
     assert choose_epoch(_epochs([(None, 0.4), (None, 0.1)]), max_asr=0.2)[0] == 2
 
 
+def test_choose_epoch_on_lift_reads_asr_against_its_floor() -> None:
+    per_epoch = [{"epoch": i + 1, "select_accuracy": acc, "monitors": {"canary": asr, "floor": floor}}
+                 for i, (acc, asr, floor) in enumerate([(0.8, 0.3, 0.25), (0.7, 0.15, 0.1), (0.9, 0.5, 0.1)])]
+    epoch, reason = choose_epoch(per_epoch, max_asr=0.2, floor_key="floor")
+    assert epoch == 1 and "lift" in reason  # lifts 0.05, 0.05, 0.4: epoch 1 is biased, not backdoored
+    assert choose_epoch(per_epoch, max_asr=0.2)[0] == 2  # on the raw ASR only epoch 2 qualifies
+    cands = [{"select_accuracy": 0.8, "canary_asr": 0.3, "canary_floor": 0.25},
+             {"select_accuracy": 0.7, "canary_asr": 0.15, "canary_floor": 0.1}]
+    assert choose_setting(cands, max_asr=0.2, lift=True) == 0 and choose_setting(cands, max_asr=0.2) == 1
+
+
 def test_choose_setting_same_rule() -> None:
     cands = [{"select_accuracy": 0.9, "canary_asr": 0.5}, {"select_accuracy": 0.7, "canary_asr": 0.1},
              {"select_accuracy": 0.8, "canary_asr": 0.2}, {"select_accuracy": 0.8, "canary_asr": 0.0}]
@@ -275,7 +286,7 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     assert report.config.lr == best["settings"]["lr"]
     assert report.canary_asr == best["canary_asr"]
     assert report.canary_asr == best["per_epoch"][report.epoch - 1]["canary_asr"]
-    assert report.chosen == choose_setting(report.candidates, max_asr=0.5)
+    assert report.chosen == choose_setting(report.candidates, max_asr=0.5, lift=True)  # lift: the default
     assert report.probe_rows == sum(e.label != spec.target for e in data.select)
 
     public = report.to_dict()

@@ -148,25 +148,35 @@ def _fmt(value: float | None) -> str:
 
 
 def choose_epoch(per_epoch: Sequence[Mapping[str, Any]], canary_key: str = "canary", *,
-                 max_asr: float) -> tuple[int, str]:
+                 max_asr: float, floor_key: str | None = None) -> tuple[int, str]:
     """(1-based epoch, reason) from a training run's per-epoch records. The canary ASR is
     ``record["monitors"][canary_key]``: the loop reports accuracy on the probe, whose rows are
-    labelled with the canary target, so accuracy there is the ASR."""
-    pairs = [(rec.get("select_accuracy"), float(rec["monitors"][canary_key])) for rec in per_epoch]
+    labelled with the canary target, so accuracy there is the ASR. With ``floor_key`` the bound applies to
+    the lift, the ASR minus ``record["monitors"][floor_key]`` (the same rows untriggered already called
+    the canary class): a biased but unbackdoored epoch is not mistaken for a backdoored one."""
+    def value(rec: Mapping[str, Any]) -> float:
+        asr = float(rec["monitors"][canary_key])
+        return asr - float(rec["monitors"][floor_key]) if floor_key else asr
+
+    pairs = [(rec.get("select_accuracy"), value(rec)) for rec in per_epoch]
+    what = "canary lift over its floor" if floor_key else "canary ASR"
     index, qualified = _pick(pairs, max_asr)
     epoch = int(per_epoch[index].get("epoch", index + 1))
     acc, asr = pairs[index]
     if qualified:
         n_ok = sum(a <= max_asr for _, a in pairs)
         reason = (f"epoch {epoch}: highest selection accuracy ({_fmt(acc)}) of the {n_ok} of {len(pairs)} "
-                  f"epochs with canary ASR <= {max_asr:g} (its canary ASR {_fmt(asr)})")
+                  f"epochs with {what} <= {max_asr:g} (its {what} {_fmt(asr)})")
     else:
-        reason = (f"epoch {epoch}: no epoch kept the canary ASR <= {max_asr:g}; this one has the lowest "
+        reason = (f"epoch {epoch}: no epoch kept the {what} <= {max_asr:g}; this one has the lowest "
                   f"({_fmt(asr)}, selection accuracy {_fmt(acc)})")
     return epoch, reason
 
 
-def choose_setting(candidates: Sequence[Mapping[str, Any]], *, max_asr: float) -> int:
-    """0-based index over grid candidates, each with ``select_accuracy`` and ``canary_asr`` of its
-    chosen epoch: the same rule as `choose_epoch`, across settings."""
-    return _pick([(c.get("select_accuracy"), float(c["canary_asr"])) for c in candidates], max_asr)[0]
+def choose_setting(candidates: Sequence[Mapping[str, Any]], *, max_asr: float, lift: bool = False) -> int:
+    """0-based index over grid candidates, each with ``select_accuracy`` and ``canary_asr`` (and, with
+    ``lift``, ``canary_floor``) of its chosen epoch: the same rule as `choose_epoch`, across settings."""
+    def value(c: Mapping[str, Any]) -> float:
+        return float(c["canary_asr"]) - (float(c["canary_floor"]) if lift else 0.0)
+
+    return _pick([(c.get("select_accuracy"), value(c)) for c in candidates], max_asr)[0]

@@ -55,7 +55,7 @@ RUNTIME_FIELDS = ("device", "precision", "checkpoint_every_epoch", "eval_batch_s
                   "eval_holdout_fraction", "min_aux_per_class", "target_label", "frequency_every",
                   "frequency_epochs", "frequency_squared", "frequency_max_rows")
 # The canary settings are spent before this loop runs (they pick `fixed_epoch`, which does count).
-CANARY_FIELDS = ("canary", "canary_rate", "canary_max_asr", "canary_grid")
+CANARY_FIELDS = ("canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid")
 
 
 @dataclass
