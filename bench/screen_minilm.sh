@@ -37,8 +37,13 @@ if [ "$stage" = 3 ]; then
   # Without the gate the backdoor stays at its floor (ASR = clean negatives already called positive):
   # what is left is clean accuracy. From the paper-literal base, what makes the model learn more?
   base=(--defenses muscle --profile reference --lr 2e-4 --set mslr_init=zero --set ga_gate_loss=null)
+  # Aligned steps are short (|g.g_c|/|g_c|^2 is small when g and g_c are far apart): try larger lr.
+  lr() { run "z-nogate-lr$1" --defenses muscle --profile reference --lr "$1" --set mslr_init=zero \
+           --set ga_gate_loss=null "${@:2}"; }
+  lr 1e-3
   run z-nogate-mu0.5   "${base[@]}" --set mu_max=0.5
-  run z-nogate-lr5e-4  --defenses muscle --profile reference --lr 5e-4 --set mslr_init=zero --set ga_gate_loss=null
+  lr 5e-4
+  lr 3e-3
   run z-nogate-perrow  "${base[@]}" --set ga_granularity=per_row
   run z-nogate-probe   "${base[@]}" --set head_init=probe
 fi
