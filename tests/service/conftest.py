@@ -177,12 +177,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    if not wait_http(url, 30, proc):
+    if not wait_http(url, 90, proc):
         proc.kill()
         unavailable("moto_server")
     yield url
     proc.terminate()
-    proc.wait(10)
+    proc.wait(60)
     log.close()
 
 

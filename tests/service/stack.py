@@ -41,7 +41,7 @@ class Stack:
     def start_api(self) -> None:
         self.api = self._spawn(["-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port",
                                 str(self.port), "--no-access-log"], "api.log")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # generous: a loaded CI machine imports torch slowly
         while time.monotonic() < deadline:
             assert self.api.poll() is None, self.log("api.log")
             try:
