@@ -5,7 +5,8 @@
 # Every run is recorded in bench/results/grid.jsonl under its tag; rerun a stage to resume it.
 #   bash bench/screen_minilm.sh 1   # stage 1: from `reference` (lr, MSLR init, head init)
 #   bash bench/screen_minilm.sh 2   # stage 2: from lr 2e-4 + mslr_init=zero (gate, mu, clean batch, lr, head)
-#   bash bench/screen_minilm.sh 3   # stage 3: from the paper-literal gate (mu, lr, per-row GA, probe head)
+#   bash bench/screen_minilm.sh 3   # stage 3: from the paper-literal gate (lr, mu)
+#   bash bench/screen_minilm.sh 4   # stage 4: trained head, per-row GA
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
@@ -43,7 +44,13 @@ if [ "$stage" = 3 ]; then
   lr 1e-3
   run z-nogate-mu0.5   "${base[@]}" --set mu_max=0.5
   lr 5e-4
-  lr 3e-3
-  run z-nogate-perrow  "${base[@]}" --set ga_granularity=per_row
-  run z-nogate-probe   "${base[@]}" --set head_init=probe
+fi
+if [ "$stage" = 4 ]; then
+  # Neither lr nor mu moves clean accuracy much: LoRA on q/v has to bend the representation towards a
+  # frozen random head. Train the head (aligned like every other tensor), and align per row.
+  base=(--defenses muscle --profile reference --set mslr_init=zero --set ga_gate_loss=null)
+  run z-nogate-head        "${base[@]}" --lr 2e-4 --set train_head=true
+  run z-nogate-head-lr1e-3 "${base[@]}" --lr 1e-3 --set train_head=true
+  run z-nogate-perrow      "${base[@]}" --lr 2e-4 --set ga_granularity=per_row
+  run z-nogate-head-perrow "${base[@]}" --lr 2e-4 --set train_head=true --set ga_granularity=per_row
 fi
