@@ -185,7 +185,7 @@ def test_kill_9_mid_run_then_resume_finishes(files, tiny_bert, tmp_path) -> None
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # only a bound for failure; loaded machines are slow
     while not (out / "checkpoints" / "last.pt").exists():
         assert proc.poll() is None and time.time() < deadline, "no checkpoint before the deadline"
         time.sleep(0.05)
