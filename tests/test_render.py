@@ -156,3 +156,41 @@ def test_schedule_records_and_resumes(tmp_path: Path) -> None:
     assert grid.schedule([broken], grid.Options(), results, parallel=1, poll=0.1) == 1
     last = json.loads(results.read_text().splitlines()[-1])
     assert last["status"] == "failed" and last["returncode"] == 3
+
+
+efficacy = _load("efficacy_table")
+screen = _load("screen_table")
+
+
+def test_efficacy_correlations_hand_checked() -> None:
+    assert efficacy.ranks([0.3, 0.1, 0.3, 0.2]) == [2.5, 0.0, 2.5, 1.0]  # ties share the mean rank
+    line = efficacy.correlations([(0.0, 0.1), (0.5, 0.6), (1.0, 0.9)])
+    assert line.startswith("3 pairs") and "Spearman 1.00" in line
+    assert "Pearson 0.99" in line  # x (0, .5, 1), y (.1, .6, .9): r = 0.993
+    assert efficacy.correlations([(0.1, 0.2)]) == "1 pairs: too few"
+    assert "constant" in efficacy.correlations([(0.1, 0.2), (0.1, 0.3), (0.1, 0.4)])
+
+
+def test_efficacy_table_cells_and_canary_tracking(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    canary = {"candidates": [{"epoch": 2, "canary_asr": 0.1, "probe_asr": {"badnets": 0.3},
+                              "per_epoch": [{"canary_asr": 0.05, "probe_asr": {"badnets": 0.2}},
+                                            {"canary_asr": 0.1, "probe_asr": {"badnets": 0.3}},
+                                            {"canary_asr": 0.9, "probe_asr": {"badnets": 1.0}}]}]}
+    row = {"status": "ok", "tag": "efficacy-default", "defense": "muscle", "attack": "badnets", "cacc": 0.8,
+           "asr": 0.25, "wall_seconds": 600, "metrics": {"asr_floor": 0.2, "canary_asr": 0.1, "canary": canary}}
+    path = tmp_path / "grid.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    assert efficacy.main(["--results", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| muscle | default | 80.0 / 25.0 (20.0) · 10.0 | not run | not run | 10 min |" in out
+    assert "every epoch of every canary run: 3 pairs" in out and "Spearman 1.00" in out
+    assert "muscle/default/badnets: epoch 2, canary 10.0, real 30.0" in out
+
+
+def test_screen_table_row() -> None:
+    rec_ = {"tag": "screen-x", "defense": "muscle", "attack": "badnets", "cacc": 0.7, "asr": 0.35,
+            "wall_seconds": 120, "options": {"lr": 5e-4, "sets": ["ga_gate_loss=null"]},
+            "metrics": {"per_epoch": [{"select_accuracy": 0.68, "monitors": {"badnets": 0.41, "asr_floor": 0.34},
+                                       "ga": {"raw_share": 0.25}}]}}
+    assert screen.row(rec_) == ("| screen-x | muscle | badnets | lr 0.0005 ga_gate_loss=null | 70.0 | 35.0 | "
+                                "68/41 (floor 34)/25 | 2.0 min |")
