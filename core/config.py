@@ -194,8 +194,11 @@ REFERENCE: dict[str, object] = {
     "seed": 42,
 }
 
-# `default` starts as a copy of the reference settings; the efficacy study tunes it.
-DEFAULT: dict[str, object] = dict(REFERENCE)
+# `default`: the reference settings with what the efficacy study found (docs/efficacy.md): a zero-initialised
+# MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its raw steps are where
+# the backdoor leaks in), and a larger lr for the shorter aligned steps. Per-family S still comes from
+# `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
+DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None}
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 
