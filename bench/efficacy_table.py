@@ -21,17 +21,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = {"efficacy-reference": "reference", "efficacy-default": "default"}
+# Cells the screening already ran on the same data and epochs (without the canary): used when the
+# efficacy tags lack them, marked with a dagger.
+SCREENING = {"screen-vanilla": ("vanilla", "reference"), "screen-ref": ("muscle", "reference")}
 ROWS = [("vanilla", "reference"), ("lora", "reference"), ("muscle", "reference"), ("muscle", "default")]
 ATTACKS = ["badnets", "addsent", "hiddenkiller"]
 
 
 def load(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     cells: dict[tuple[str, str, str], dict[str, Any]] = {}
+    screened: dict[tuple[str, str, str], dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        if rec.get("status") == "ok" and rec.get("tag") in TAGS:
+        if rec.get("status") != "ok":
+            continue
+        if rec.get("tag") in TAGS:
             cells[(rec["defense"], TAGS[rec["tag"]], rec["attack"])] = rec
-    return cells
+        elif SCREENING.get(rec.get("tag")) == (rec["defense"], "reference"):
+            screened[(rec["defense"], "reference", rec["attack"])] = {**rec, "screening": True}
+    return {**screened, **cells}
 
 
 def pct(value: float | None) -> str:
@@ -42,7 +50,9 @@ def cell(rec: dict[str, Any] | None) -> str:
     if rec is None:
         return "not run"
     m = rec["metrics"]
-    return f"{pct(rec['cacc'])} / {pct(rec['asr'])} ({pct(m.get('asr_floor'))}) · {pct(m.get('canary_asr'))}"
+    mark = " †" if rec.get("screening") else ""
+    return (f"{pct(rec['cacc'])} / {pct(rec['asr'])} ({pct(m.get('asr_floor'))}) · {pct(m.get('canary_asr'))}"
+            + mark)
 
 
 def ranks(xs: list[float]) -> list[float]:
@@ -98,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             if real is not None:
                 chosen.append(f"{method}/{profile}/{attack}: epoch {cand['epoch']}, canary "
                               f"{pct(cand['canary_asr'])}, real {pct(real)} (same canary run)")
+    print()
+    print("† from the screening runs (same data and epochs, no canary).")
     print()
     print(f"- canary ASR vs real ASR, every epoch of every canary run: {correlations(per_epoch)}")
     print(f"- canary ASR of the chosen epoch vs the shipped model's real ASR: {correlations(shipped)}")
