@@ -26,7 +26,14 @@ from pydantic import ValidationError
 
 from core.config import TrainConfig
 from core.data.dataset import Example
-from core.defenses.canary import canary_probe, choose_epoch, choose_setting, new_secret, plant_canary
+from core.defenses.canary import (
+    canary_probe,
+    choose_epoch,
+    choose_setting,
+    decoy_probe,
+    new_secret,
+    plant_canary,
+)
 from core.engine import CancelCheck, ProgressCallback, ProgressEvent
 from core.errors import ConfigError
 
@@ -40,6 +47,7 @@ REPORT = "report.json"
 SECRET = "secret"
 CANARY = "canary"  # monitor: triggered select rows (accuracy = canary ASR)
 FLOOR = "canary_floor"  # monitor: the same rows untriggered (share of clean rows already called target)
+DECOY = "canary_decoy"  # monitor: the same rows with never-planted decoy tokens (the lift's baseline)
 PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has any
 PUBLIC_EXTRA = ("chance_accuracy", "warning")  # report fields kept in `extra`
 CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
@@ -71,6 +79,8 @@ class CanaryReport:
             "select_accuracy": self.canary_select_accuracy,
             # Clean non-target rows already called the canary class: an ASR near this is no backdoor.
             "canary_floor": self.candidates[self.chosen].get("canary_floor"),
+            # The same rows with never-planted decoy tokens: canary_asr minus this is the canary's lift.
+            "canary_decoy_asr": self.candidates[self.chosen].get("canary_decoy"),
             "epoch": self.epoch,
             "reason": self.reason,
             "chosen_candidate": self.chosen,
@@ -222,7 +232,8 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
              for e in data.select if e.label != spec.target]
     # The job's own attack probes too (simulation runs): their ASR beside the canary's, epoch by epoch,
     # is the evidence of how well the canary tracks a real backdoor (docs/efficacy.md).
-    monitors = {CANARY: probe, FLOOR: floor, **{PROBE_PREFIX + name: rows for name, rows in data.probes.items()}}
+    monitors = {CANARY: probe, FLOOR: floor, DECOY: decoy_probe(data.select, spec),
+                **{PROBE_PREFIX + name: rows for name, rows in data.probes.items()}}
     chance = majority_share(data.select)
     emit(ProgressEvent(kind="phase", phase="training",
                        message=f"canary calibration: {len(candidates)} candidate setting(s), "
@@ -244,7 +255,7 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
             epoch, reason = candidate.fixed_epoch, f"epoch {candidate.fixed_epoch}: fixed_epoch set"
         else:
             epoch, reason = choose_epoch(outcome.per_epoch, CANARY, max_asr=config.canary_max_asr,
-                                         floor_key=FLOOR if config.canary_criterion == "lift" else None)
+                                         floor_key=DECOY if config.canary_criterion == "lift" else None)
         rec = outcome.per_epoch[epoch - 1]
         results.append({
             "candidate": i,
@@ -253,11 +264,12 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
             "select_accuracy": rec["select_accuracy"],
             "canary_asr": rec["monitors"][CANARY],
             "canary_floor": rec["monitors"][FLOOR],
+            "canary_decoy": rec["monitors"][DECOY],
             "probe_asr": _probe_asr(rec),
             "reason": reason,
             "per_epoch": [{"epoch": r["epoch"], "select_accuracy": r["select_accuracy"],
                            "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR],
-                           "probe_asr": _probe_asr(r)}
+                           "canary_decoy": r["monitors"][DECOY], "probe_asr": _probe_asr(r)}
                           for r in outcome.per_epoch],
         })
 
@@ -266,7 +278,7 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     best = results[chosen]
     reason = best["reason"]
     if len(results) > 1:
-        bounded = best["canary_asr"] - (best["canary_floor"] if lift else 0.0)
+        bounded = best["canary_asr"] - (best["canary_decoy"] if lift else 0.0)
         what = "canary lift" if lift else "canary ASR"
         reason = (f"candidate {chosen} ({', '.join(f'{k}={v}' for k, v in best['settings'].items())}): "
                   + (f"highest selection accuracy among settings within the {what} limit"

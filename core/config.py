@@ -120,8 +120,8 @@ class TrainConfig(BaseModel):
     canary_max_asr: float = Field(0.2, ge=0, le=1)  # epochs above this canary ASR are not chosen
     """Epochs and settings whose canary lift (or ASR, see canary_criterion) is above this are not chosen."""
     canary_criterion: Literal["lift", "asr"] = "lift"
-    """What canary_max_asr bounds: lift = canary ASR minus its floor (clean rows already called the canary
-    class), asr = the canary ASR itself."""
+    """What canary_max_asr bounds: lift = canary ASR minus the ASR of never-planted decoy tokens of the same
+    kind (class bias and the effect of inserting random strings), asr = the canary ASR itself."""
     canary_grid: dict[str, list[Any]] | None = None  # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
     """Optional settings grid the canary chooses from, e.g. {"lr": [1e-4, 3e-4]}."""
     fixed_epoch: int | None = Field(None, ge=1)  # ship this epoch instead of the best select accuracy

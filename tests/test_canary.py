@@ -22,7 +22,7 @@ from core.canary_run import (
 from core.config import TrainConfig, resolve_config
 from core.data.dataset import Example
 from core.data.labels import LabelMap
-from core.defenses.canary import canary_probe, choose_epoch, choose_setting, plant_canary
+from core.defenses.canary import canary_probe, choose_epoch, choose_setting, decoy_probe, plant_canary
 from core.defenses.methods import apply_defense
 from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
@@ -94,6 +94,22 @@ def test_plant_canary_counts_labels_and_tokens() -> None:
     assert plant_canary(train, 2, 0.1, seed=7, secret=SECRET + 1)[1].tokens != spec.tokens
     assert spec.tokens_sha256 == hashlib.sha256(" ".join(spec.tokens).encode()).hexdigest()
     assert "tokens" not in spec.public() and set(spec.tokens).isdisjoint(map(str, spec.public().values()))
+    # The decoy: same kind of tokens, never planted, absent from the data and from the canary, secret too.
+    assert len(spec.decoy) == len(spec.tokens) and set(spec.decoy).isdisjoint(spec.tokens)
+    assert all(t.isalpha() and t not in clean_words for t in spec.decoy)
+    assert not any(t in after.text.split() for _, after in changed for t in spec.decoy)
+    assert "decoy" not in spec.public() and set(spec.decoy).isdisjoint(map(str, spec.public().values()))
+
+
+def test_decoy_probe_is_the_canary_probe_with_the_decoy_tokens() -> None:
+    _, spec = plant_canary(_rows(40, 1), 2, 0.1, seed=7, secret=SECRET)
+    rows = _rows(10, 3)
+    canary, decoy = canary_probe(rows, spec), decoy_probe(rows, spec)
+    assert [e.line for e in canary] == [e.line for e in decoy] and all(e.label == spec.target for e in decoy)
+    for c, d in zip(canary, decoy, strict=True):
+        assert all(t in d.text.split() for t in spec.decoy) and not any(t in d.text.split() for t in spec.tokens)
+        assert [w for w in c.text.split() if w not in spec.tokens] == [w for w in d.text.split()
+                                                                        if w not in spec.decoy]
 
 
 def test_plant_canary_avoids_words_of_the_data() -> None:
@@ -158,8 +174,8 @@ def test_choose_epoch_on_lift_reads_asr_against_its_floor() -> None:
     epoch, reason = choose_epoch(per_epoch, max_asr=0.2, floor_key="floor")
     assert epoch == 1 and "lift" in reason  # lifts 0.05, 0.05, 0.4: epoch 1 is biased, not backdoored
     assert choose_epoch(per_epoch, max_asr=0.2)[0] == 2  # on the raw ASR only epoch 2 qualifies
-    cands = [{"select_accuracy": 0.8, "canary_asr": 0.3, "canary_floor": 0.25},
-             {"select_accuracy": 0.7, "canary_asr": 0.15, "canary_floor": 0.1}]
+    cands = [{"select_accuracy": 0.8, "canary_asr": 0.3, "canary_decoy": 0.25},
+             {"select_accuracy": 0.7, "canary_asr": 0.15, "canary_decoy": 0.1}]
     assert choose_setting(cands, max_asr=0.2, lift=True) == 0 and choose_setting(cands, max_asr=0.2) == 1
 
 
@@ -302,7 +318,8 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     assert public["chance_accuracy"] == 0.5  # the 8 selection rows alternate labels
     assert ("warning" in public) == (best["select_accuracy"] <= 0.52)
     text = json.dumps(public) + json.dumps([(e.message, e.metrics) for e in events], default=str)
-    assert not any(t in text for t in spec.tokens)  # the secret never reaches metrics or logs
+    assert not any(t in text for t in (*spec.tokens, *spec.decoy))  # secrets never reach metrics or logs
+    assert public["canary_decoy_asr"] == best["canary_decoy"] == best["per_epoch"][report.epoch - 1]["canary_decoy"]
     assert sum(e.kind == "log" and "candidate" in (e.message or "") for e in events) >= 2
     assert not any(e.kind == "epoch" for e in events)  # candidates' epochs are logs, not job epochs
     # Nothing that carries or rebuilds the canary outlives the calibration.

@@ -39,6 +39,9 @@ class CanarySpec:
     rate: float
     seed: int
     rows_planted: int
+    # Never planted: tokens of the same kind whose "ASR" is what inserting random strings does to a model
+    # without a backdoor for them (plus its class bias); the canary's lift is read against it. Secret too.
+    decoy: tuple[str, ...] = ()
 
     @property
     def tokens_sha256(self) -> str:
@@ -46,7 +49,7 @@ class CanarySpec:
 
     def public(self) -> dict[str, Any]:
         """Every field except the tokens, which are replaced by their sha256 (fit for metrics.json)."""
-        out = {k: v for k, v in asdict(self).items() if k != "tokens"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("tokens", "decoy")}
         out["num_tokens"] = len(self.tokens)
         out["tokens_sha256"] = self.tokens_sha256
         return out
@@ -115,7 +118,10 @@ def plant_canary(train: Sequence[Example], num_labels: int, rate: float, seed: i
             ex = replace(ex, text=insert_tokens(ex.text, rng, tokens), label=target, orig_label=true,
                          poisoned=True)
         planted.append(ex)
-    return planted, CanarySpec(tokens=tokens, target=target, rate=rate, seed=seed, rows_planted=len(chosen))
+    # Drawn last, so the canary itself (tokens, target, rows, positions) is as without a decoy.
+    decoy = _draw_tokens(rng, _words([*(e.text for e in train), *avoid_texts]) | set(tokens))
+    return planted, CanarySpec(tokens=tokens, target=target, rate=rate, seed=seed, rows_planted=len(chosen),
+                               decoy=decoy)
 
 
 def canary_probe(rows: Sequence[Example], spec: CanarySpec) -> list[Example]:
@@ -125,6 +131,12 @@ def canary_probe(rows: Sequence[Example], spec: CanarySpec) -> list[Example]:
         return insert_tokens(text, rng, spec.tokens)
 
     return build_probe(rows, trigger, spec.target, spec.seed)
+
+
+def decoy_probe(rows: Sequence[Example], spec: CanarySpec) -> list[Example]:
+    """`canary_probe` with the never-planted decoy tokens: the canary ASR a model without the canary
+    backdoor would show (random strings inserted, class bias), for the lift."""
+    return canary_probe(rows, replace(spec, tokens=spec.decoy))
 
 
 def _score(value: Any) -> float:
@@ -152,8 +164,9 @@ def choose_epoch(per_epoch: Sequence[Mapping[str, Any]], canary_key: str = "cana
     """(1-based epoch, reason) from a training run's per-epoch records. The canary ASR is
     ``record["monitors"][canary_key]``: the loop reports accuracy on the probe, whose rows are
     labelled with the canary target, so accuracy there is the ASR. With ``floor_key`` the bound applies to
-    the lift, the ASR minus ``record["monitors"][floor_key]`` (the same rows untriggered already called
-    the canary class): a biased but unbackdoored epoch is not mistaken for a backdoored one."""
+    the lift, the ASR minus ``record["monitors"][floor_key]`` (the pipeline passes the decoy probe: the
+    same rows with never-planted tokens): a biased, or merely noise-sensitive, epoch is not mistaken for a
+    backdoored one."""
     def value(rec: Mapping[str, Any]) -> float:
         asr = float(rec["monitors"][canary_key])
         return asr - float(rec["monitors"][floor_key]) if floor_key else asr
@@ -175,8 +188,8 @@ def choose_epoch(per_epoch: Sequence[Mapping[str, Any]], canary_key: str = "cana
 
 def choose_setting(candidates: Sequence[Mapping[str, Any]], *, max_asr: float, lift: bool = False) -> int:
     """0-based index over grid candidates, each with ``select_accuracy`` and ``canary_asr`` (and, with
-    ``lift``, ``canary_floor``) of its chosen epoch: the same rule as `choose_epoch`, across settings."""
+    ``lift``, ``canary_decoy``) of its chosen epoch: the same rule as `choose_epoch`, across settings."""
     def value(c: Mapping[str, Any]) -> float:
-        return float(c["canary_asr"]) - (float(c["canary_floor"]) if lift else 0.0)
+        return float(c["canary_asr"]) - (float(c["canary_decoy"]) if lift else 0.0)
 
     return _pick([(c.get("select_accuracy"), value(c)) for c in candidates], max_asr)[0]
