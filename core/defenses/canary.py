@@ -172,7 +172,7 @@ def choose_epoch(per_epoch: Sequence[Mapping[str, Any]], canary_key: str = "cana
         return asr - float(rec["monitors"][floor_key]) if floor_key else asr
 
     pairs = [(rec.get("select_accuracy"), value(rec)) for rec in per_epoch]
-    what = "canary lift over its floor" if floor_key else "canary ASR"
+    what = "canary lift over the decoy" if floor_key else "canary ASR"
     index, qualified = _pick(pairs, max_asr)
     epoch = int(per_epoch[index].get("epoch", index + 1))
     acc, asr = pairs[index]
