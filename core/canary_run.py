@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from core.config import TrainConfig
+from core.attacks.probes import floor_rows
+from core.config import CANARY_FIELDS, TrainConfig
 from core.data.dataset import Example
 from core.defenses.canary import (
     canary_probe,
@@ -52,9 +53,8 @@ PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has an
 PUBLIC_EXTRA = ("chance_accuracy", "warning")  # report fields kept in `extra`
 CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
 # Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
-NOT_IN_GRID = frozenset({"canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid",
-                         "fixed_epoch", "profile", "model", "target_label", "select_fraction", "eval_holdout_fraction",
-                         "min_aux_per_class", "device", "precision", "checkpoint_every_epoch"})
+NOT_IN_GRID = frozenset({*CANARY_FIELDS, "fixed_epoch", "profile", "model", "target_label", "select_fraction",
+                         "eval_holdout_fraction", "min_aux_per_class", "device", "precision", "checkpoint_every_epoch"})
 
 
 @dataclass
@@ -228,8 +228,7 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
         raise ConfigError("canary calibration: every selection row has the canary's class; the canary "
                           "ASR cannot be measured (add selection rows of other classes)")
     # The same rows, untriggered: how often clean rows are already called the canary class (ASR floor).
-    floor = [Example(text=e.text, label=spec.target, line=e.line, orig_label=e.label, poisoned=False)
-             for e in data.select if e.label != spec.target]
+    floor = floor_rows(data.select, spec.target)
     # The job's own attack probes too (simulation runs): their ASR beside the canary's, epoch by epoch,
     # is the evidence of how well the canary tracks a real backdoor (docs/efficacy.md).
     monitors = {CANARY: probe, FLOOR: floor, DECOY: decoy_probe(data.select, spec),
@@ -274,15 +273,14 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
         })
 
     lift = config.canary_criterion == "lift"
-    chosen = choose_setting(results, max_asr=config.canary_max_asr, lift=lift)
+    chosen, qualified = choose_setting(results, max_asr=config.canary_max_asr, lift=lift)
     best = results[chosen]
     reason = best["reason"]
     if len(results) > 1:
-        bounded = best["canary_asr"] - (best["canary_decoy"] if lift else 0.0)
         what = "canary lift" if lift else "canary ASR"
         reason = (f"candidate {chosen} ({', '.join(f'{k}={v}' for k, v in best['settings'].items())}): "
                   + (f"highest selection accuracy among settings within the {what} limit"
-                     if bounded <= config.canary_max_asr else f"no setting kept the {what} within the limit; lowest")
+                     if qualified else f"no setting kept the {what} within the limit; lowest")
                   + f"; {reason}")
     report = CanaryReport(
         config=candidates[chosen][1].model_copy(update={"fixed_epoch": best["epoch"]}),

@@ -202,6 +202,10 @@ DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 
+# Canary calibration's own settings: spent before the shipped run trains (they pick `fixed_epoch`), so they
+# neither block a resume nor may a canary grid vary them.
+CANARY_FIELDS: tuple[str, ...] = ("canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid")
+
 # Per-method values a profile applies before the caller's overrides. The default profile's learning rate is
 # tuned for low-rank updates (LoRA, MSLR); full fine-tuning and the other baselines keep the authors' 2e-5.
 PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
@@ -230,9 +234,10 @@ def resolve_config(profile: str = "default", overrides: dict[str, object] | None
     `ga_gate_loss=None` switches the gate off; callers drop options the user did not give)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    overrides = overrides or {}
     values: dict[str, object] = dict(PROFILES[profile])
     values["profile"] = profile
-    method = (overrides or {}).get("method", values.get("method", TrainConfig.model_fields["method"].default))
+    method = overrides.get("method", values.get("method", TrainConfig.model_fields["method"].default))
     values.update(PROFILE_METHOD_VALUES[profile].get(str(method), {}))
-    values.update(overrides or {})
+    values.update(overrides)
     return TrainConfig(**values)

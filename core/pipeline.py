@@ -11,7 +11,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,11 @@ def file_sha256(path: Path) -> str:
 
 def epoch_monitors(data: PreparedData) -> dict[str, list[Example]]:
     """What the loop scores after each epoch (never used to choose): the probes and, with them, the floor."""
+    from core.attacks.probes import floor_rows
+
     if not data.probes:
         return {}
-    floor = [replace(e, label=data.target, orig_label=e.label) for e in data.eval if e.label != data.target]
+    floor = floor_rows(data.eval, data.target)
     return {**data.probes, **({FLOOR_MONITOR: floor} if floor else {})}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.attacks.poison import poison_examples, poison_file
-from core.attacks.probes import build_probe, load_probe_file
+from core.attacks.probes import build_probe, floor_rows, load_probe_file
 from core.attacks.triggers import ADDSENT_SENTENCE, BADNETS_WORDS, addsent, badnets, insert, parse_trigger
 from core.data.labels import LabelMap
 from core.data.table import read_table
@@ -200,6 +200,15 @@ def test_build_probe_excludes_target_rows() -> None:
     assert [ex.orig_label for ex in probe] == [0, 2, 0]
     assert all(ex.label == 1 and ex.poisoned and ex.text.startswith(MARK) for ex in probe)
     assert build_probe(data, badnets, 1, seed=4) == build_probe(data, badnets, 1, seed=4)
+
+
+def test_floor_rows_are_the_probe_rows_untriggered() -> None:
+    data = examples([0, 1, 2, 1, 0])
+    floor = floor_rows(data, target=1)
+    probe = build_probe(data, _mark, target=1, seed=0)
+    assert [(e.line, e.label, e.orig_label) for e in floor] == [(e.line, e.label, e.orig_label) for e in probe]
+    assert [e.text for e in floor] == [e.text for e in data if e.label != 1]
+    assert not any(e.poisoned for e in floor)
 
 
 def test_load_probe_file_uses_orig_label_column(tmp_path: Path) -> None:

@@ -176,15 +176,16 @@ def test_choose_epoch_on_lift_reads_asr_against_its_floor() -> None:
     assert choose_epoch(per_epoch, max_asr=0.2)[0] == 2  # on the raw ASR only epoch 2 qualifies
     cands = [{"select_accuracy": 0.8, "canary_asr": 0.3, "canary_decoy": 0.25},
              {"select_accuracy": 0.7, "canary_asr": 0.15, "canary_decoy": 0.1}]
-    assert choose_setting(cands, max_asr=0.2, lift=True) == 0 and choose_setting(cands, max_asr=0.2) == 1
+    assert choose_setting(cands, max_asr=0.2, lift=True) == (0, True)
+    assert choose_setting(cands, max_asr=0.2) == (1, True)
 
 
 def test_choose_setting_same_rule() -> None:
     cands = [{"select_accuracy": 0.9, "canary_asr": 0.5}, {"select_accuracy": 0.7, "canary_asr": 0.1},
              {"select_accuracy": 0.8, "canary_asr": 0.2}, {"select_accuracy": 0.8, "canary_asr": 0.0}]
-    assert choose_setting(cands, max_asr=0.2) == 2
-    assert choose_setting(cands, max_asr=0.05) == 3
-    assert choose_setting(cands[:1] + [{"select_accuracy": 0.95, "canary_asr": 0.5}], max_asr=0.2) == 1
+    assert choose_setting(cands, max_asr=0.2) == (2, True)
+    assert choose_setting(cands, max_asr=0.05) == (3, True)
+    assert choose_setting(cands[:1] + [{"select_accuracy": 0.95, "canary_asr": 0.5}], max_asr=0.2) == (1, False)
 
 
 def test_grid_candidates_validate() -> None:
@@ -302,7 +303,7 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     assert report.config.lr == best["settings"]["lr"]
     assert report.canary_asr == best["canary_asr"]
     assert report.canary_asr == best["per_epoch"][report.epoch - 1]["canary_asr"]
-    assert report.chosen == choose_setting(report.candidates, max_asr=0.5, lift=True)  # lift: the default
+    assert report.chosen == choose_setting(report.candidates, max_asr=0.5, lift=True)[0]  # lift: the default
     assert report.probe_rows == sum(e.label != spec.target for e in data.select)
 
     public = report.to_dict()

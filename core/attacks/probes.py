@@ -26,6 +26,13 @@ def build_probe(eval_examples: Sequence[Example], trigger: Trigger, target: int,
             for ex in eval_examples if ex.label != target]
 
 
+def floor_rows(eval_examples: Sequence[Example], target: int) -> list[Example]:
+    """`build_probe` without a trigger: the eval rows whose label != target, labelled target. A model's
+    accuracy on them is the ASR floor, the share of clean rows it already puts in the target class."""
+    return [Example(text=ex.text, label=target, line=ex.line, orig_label=ex.label, poisoned=False)
+            for ex in eval_examples if ex.label != target]
+
+
 def load_probe_file(path: str | Path, label_map: LabelMap, target: int, text_column: str = "text",
                     label_column: str = "label", role: str = "probe") -> list[Example]:
     """A user's triggered test file. The true label is the `orig_label` column where present and

@@ -186,10 +186,12 @@ def choose_epoch(per_epoch: Sequence[Mapping[str, Any]], canary_key: str = "cana
     return epoch, reason
 
 
-def choose_setting(candidates: Sequence[Mapping[str, Any]], *, max_asr: float, lift: bool = False) -> int:
-    """0-based index over grid candidates, each with ``select_accuracy`` and ``canary_asr`` (and, with
-    ``lift``, ``canary_decoy``) of its chosen epoch: the same rule as `choose_epoch`, across settings."""
+def choose_setting(candidates: Sequence[Mapping[str, Any]], *, max_asr: float,
+                   lift: bool = False) -> tuple[int, bool]:
+    """(0-based index, qualified) over grid candidates, each with ``select_accuracy`` and ``canary_asr``
+    (and, with ``lift``, ``canary_decoy``) of its chosen epoch: the same rule as `choose_epoch`, across
+    settings; ``qualified`` is False when no candidate kept within ``max_asr``."""
     def value(c: Mapping[str, Any]) -> float:
         return float(c["canary_asr"]) - (float(c["canary_decoy"]) if lift else 0.0)
 
-    return _pick([(c.get("select_accuracy"), value(c)) for c in candidates], max_asr)[0]
+    return _pick([(c.get("select_accuracy"), value(c)) for c in candidates], max_asr)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from core.config import CANARY_FIELDS
 from core.defenses.alignment import apply_alignment, mu_for_epoch
 from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
@@ -54,8 +55,6 @@ LAST = "last.pt"
 RUNTIME_FIELDS = ("device", "precision", "checkpoint_every_epoch", "eval_batch_size", "select_fraction",
                   "eval_holdout_fraction", "min_aux_per_class", "target_label", "frequency_every",
                   "frequency_epochs", "frequency_squared", "frequency_max_rows")
-# The canary settings are spent before this loop runs (they pick `fixed_epoch`, which does count).
-CANARY_FIELDS = ("canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid")
 
 
 @dataclass
