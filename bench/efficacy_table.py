@@ -14,12 +14,15 @@ and Spearman correlation, and the same for the shipped cells.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
+from render import load_records  # noqa: E402
+
 TAGS = {"efficacy-reference": "reference", "efficacy-default": "default"}
 # Cells the screening already ran on the same data and epochs (without the canary): used when the
 # efficacy tags lack them, marked with a dagger.
@@ -31,10 +34,7 @@ ATTACKS = ["badnets", "addsent", "hiddenkiller"]
 def load(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
     cells: dict[tuple[str, str, str], dict[str, Any]] = {}
     screened: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("status") != "ok":
-            continue
+    for rec in load_records(path):
         if rec.get("tag") in TAGS:
             cells[(rec["defense"], TAGS[rec["tag"]], rec["attack"])] = rec
         elif SCREENING.get(rec.get("tag")) == (rec["defense"], "reference"):

@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
+from render import load_records  # noqa: E402
+
 TAG = "frequency"
 OUT = ROOT / "bench" / "results" / "frequency"
 # (defense, profile): vanilla as the paper's baseline; muscle as the service ships it.
@@ -34,11 +37,8 @@ def grid_args(defense: str, profile: str, args: argparse.Namespace) -> list[str]
 
 
 def latest(defense: str, profile: str) -> dict:
-    found = None
-    for line in (ROOT / "bench" / "results" / "grid.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("tag") == f"{TAG}-{profile}" and rec.get("defense") == defense and rec.get("status") == "ok":
-            found = rec
+    found = next((rec for rec in load_records(ROOT / "bench" / "results" / "grid.jsonl")
+                  if rec.get("tag") == f"{TAG}-{profile}" and rec.get("defense") == defense), None)
     if found is None:
         raise SystemExit(f"no finished {defense} run under tag {TAG}-{profile}; run `run` first")
     return found

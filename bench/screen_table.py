@@ -10,20 +10,13 @@ time. Only the latest `ok` record of each cell counts, as in `render.py`.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def latest_ok(path: Path, prefix: str) -> list[dict[str, Any]]:
-    cells: dict[str, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("status") == "ok" and str(rec.get("tag", "")).startswith(prefix):
-            cells[rec["cell"]] = rec  # later lines win
-    return list(cells.values())
+sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
+from render import load_records  # noqa: E402
 
 
 def changed(rec: dict[str, Any]) -> str:
@@ -62,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print("| tag | method | attack | changed | CACC | ASR | per epoch sel/ASR/raw% | wall |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for rec in sorted(latest_ok(args.results, args.prefix), key=lambda r: r["recorded_at"]):
+    screened = [r for r in load_records(args.results) if str(r.get("tag", "")).startswith(args.prefix)]
+    for rec in sorted(screened, key=lambda r: r["recorded_at"]):
         print(row(rec))
     return 0
 

@@ -176,7 +176,8 @@ def test_efficacy_table_cells_and_canary_tracking(tmp_path: Path, capsys: pytest
                               "per_epoch": [{"canary_asr": 0.05, "probe_asr": {"badnets": 0.2}},
                                             {"canary_asr": 0.1, "probe_asr": {"badnets": 0.3}},
                                             {"canary_asr": 0.9, "probe_asr": {"badnets": 1.0}}]}]}
-    row = {"status": "ok", "tag": "efficacy-default", "defense": "muscle", "attack": "badnets", "cacc": 0.8,
+    row = {"status": "ok", "tag": "efficacy-default", "cell": "efficacy-default/sst2/badnets/s42/muscle",
+           "defense": "muscle", "attack": "badnets", "cacc": 0.8,
            "asr": 0.25, "wall_seconds": 600, "metrics": {"asr_floor": 0.2, "canary_asr": 0.1, "canary": canary}}
     path = tmp_path / "grid.jsonl"
     path.write_text(json.dumps(row) + "\n")
