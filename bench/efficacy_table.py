@@ -21,7 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
-from render import load_records  # noqa: E402
+from render import load_records, pct  # noqa: E402
 
 TAGS = {"efficacy-reference": "reference", "efficacy-default": "default"}
 # Cells the screening already ran on the same data and epochs (without the canary): used when the
@@ -40,10 +40,6 @@ def load(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
         elif SCREENING.get(rec.get("tag")) == (rec["defense"], "reference"):
             screened[(rec["defense"], "reference", rec["attack"])] = {**rec, "screening": True}
     return {**screened, **cells}
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def cell(rec: dict[str, Any] | None) -> str:

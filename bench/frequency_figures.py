@@ -51,8 +51,9 @@ def collect() -> None:
     histories, lines = {}, []
     for defense, profile in RUNS:
         rec = latest(defense, profile)
-        out_flag = rec["commands"][-1].split("--out ")[1].split()[0]
-        src = Path(out_flag) / "analysis"
+        # records before train_dir was stored name the folder only in the train command's --out
+        train_dir = rec.get("train_dir") or rec["commands"][-1].split("--out ")[1].split()[0]
+        src = Path(train_dir) / "analysis"
         dest = OUT / defense
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest)

@@ -438,7 +438,7 @@ def make_record(cell: Cell, status: str, rc: int | None, wall: float | None, opt
         "schema": 1, "cell": cell.id, "tag": cell.tag, "dataset": cell.dataset, "attack": cell.attack,
         "defense": cell.defense, "seed": cell.seed, "kind": cell.kind, "status": status, "returncode": rc,
         "wall_seconds": wall, "machine": machine_info(), "options": asdict(opts),
-        "commands": [shlex.join(s.argv) for s in cell.steps],
+        "commands": [shlex.join(s.argv) for s in cell.steps], "train_dir": cell.train_dir,
         "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if status == "ok":

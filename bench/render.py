@@ -43,6 +43,11 @@ ABLATION_ONLY = {"ga-only", "muscle-no-ga", "muscle-no-ms"}
 Cells = dict[tuple[str, str], dict[str, list[float]]]  # (defense, attack) -> {"cacc": [...], "asr": [...]}
 
 
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal, '-' when missing."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def load_records(path: Path) -> list[dict[str, Any]]:
     """The latest ok record per cell (a rerun or a re-record replaces the earlier line)."""
     latest: dict[str, dict[str, Any]] = {}

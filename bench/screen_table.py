@@ -16,7 +16,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
-from render import load_records  # noqa: E402
+from render import load_records, pct  # noqa: E402
 
 
 def changed(rec: dict[str, Any]) -> str:
@@ -37,10 +37,6 @@ def epochs(rec: dict[str, Any]) -> str:
         raw = (ep.get("ga") or {}).get("raw_share")
         out.append(cell + ("" if raw is None else f"/{100 * raw:.0f}"))
     return ", ".join(out)
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
 
 
 def row(rec: dict[str, Any]) -> str:

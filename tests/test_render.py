@@ -147,6 +147,7 @@ def test_schedule_records_and_resumes(tmp_path: Path) -> None:
     assert len(first) == 1 and first[0]["status"] == "ok"
     assert first[0]["cacc"] == 0.9 and first[0]["asr"] == 0.25 and first[0]["config"] == {"lr": 2e-05}
     assert first[0]["machine"]["cpus"] and first[0]["wall_seconds"] > 0
+    assert first[0]["train_dir"] == str(train_dir)  # where frequency_figures.py finds the analysis
     grid.schedule([cell], grid.Options(), results, parallel=1, poll=0.1)  # done: skipped, not re-recorded
     assert len(results.read_text().splitlines()) == 1
 
