@@ -152,6 +152,7 @@ def test_progress_events_and_epoch_metrics(tiny) -> None:  # type: ignore[no-unt
     ga = rec["ga"]
     assert ga["aligned_share"] + ga["mixed_share"] + ga["raw_share"] == pytest.approx(1.0)
     assert ga["align_seconds"] <= ga["step_seconds"]
+    assert ga["raw_tensors_per_step"] == 0.0  # once trained, every tensor has a clean gradient to align to
     assert len(out.per_epoch) == 3 and out.per_epoch[-1] == rec
 
 

@@ -316,6 +316,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         counts = {"aligned": 0, "mixed": 0, "raw": 0}
         ref_loss_sum = 0.0
         align_seconds = 0.0
+        raw_tensors = 0  # tensors left with their raw gradient in aligned/mixed steps (no clean gradient)
         ref_seconds = 0.0
         steps_seconds = 0.0
         mu_now = mu_for_epoch(config, epoch) if use_ga else 0.0
@@ -354,6 +355,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                     stats = apply_alignment(params, clean, ref_value, config, epoch, b / steps_per_epoch)
                     counts[stats.mode] += 1
                     align_seconds += stats.seconds
+                    if stats.mode != "raw":
+                        raw_tensors += stats.tensors_skipped
                     if stats.mode == "mixed":
                         mu_now = stats.mu
                 else:
@@ -407,6 +410,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                 "aligned_share": counts["aligned"] / steps_per_epoch,  # gate open: pure alignment
                 "mixed_share": counts["mixed"] / steps_per_epoch,
                 "raw_share": counts["raw"] / steps_per_epoch,
+                # a leak check: trainable tensors that kept the poisoned gradient in an aligned step
+                "raw_tensors_per_step": raw_tensors / steps_per_epoch,
                 "mu": mu_now,
                 "ref_loss_mean": ref_loss_sum / steps_per_epoch,
                 "align_seconds": align_seconds,  # alignment maths only
