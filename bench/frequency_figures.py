@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # sibling scripts: one reader of the grid's JSONL
-from render import load_records  # noqa: E402
+from render import load_records, pct  # noqa: E402
 
 TAG = "frequency"
 OUT = ROOT / "bench" / "results" / "frequency"
@@ -58,7 +58,7 @@ def collect() -> None:
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest)
         histories[defense] = json.loads((dest / "frequency.json").read_text())["history"]
-        lines.append(f"| {defense} | {profile} | {100 * rec['cacc']:.1f} | {100 * rec['asr']:.1f} | "
+        lines.append(f"| {defense} | {profile} | {pct(rec['cacc'])} | {pct(rec['asr'])} | "
                      f"{rec['wall_seconds'] / 60:.1f} min | `{rec['cell']}` |")
     plot_methods(histories, OUT / "methods_re.png")
     (OUT / "README.md").write_text(
