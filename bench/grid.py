@@ -169,7 +169,10 @@ def prepare_data(dataset: str, attack: str, seed: int, opts: Options, data_root:
     """Write (once) the splits, the poisoned training set and the probe; return their paths."""
     src = data_root / DATASETS[dataset]["clean"]
     out = data_dir(runs, dataset, opts)
-    aux, select = out / f"aux{opts.aux_size}-s{opts.aux_seed}.tsv", out / f"select-s{opts.aux_seed}.tsv"
+    aux = out / f"aux{opts.aux_size}-s{opts.aux_seed}.tsv"
+    # select = the dev rows not in aux; the name carries the aux size when it is not the default 96
+    sized = "" if opts.aux_size == Options.aux_size else f"-aux{opts.aux_size}"
+    select = out / f"select{sized}-s{opts.aux_seed}.tsv"
     evalp = out / "eval.tsv" if opts.limit_eval else src / "test.tsv"
     clean_train = out / "train-clean.tsv" if opts.limit_train else src / "train.tsv"
     spec = ATTACKS[attack]
@@ -548,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device")
         p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("--rate", type=float, default=0.1)
+        p.add_argument("--aux-size", type=int, default=Options.aux_size,
+                       help="clean dev rows used as the trusted aux set (the rest of dev is select)")
         p.add_argument("--target-label", default="1")
         p.add_argument("--limit-train", type=int, help="sample this many training rows (smoke runs)")
         p.add_argument("--limit-eval", type=int, help="sample this many test/probe rows (smoke runs)")
@@ -574,7 +579,7 @@ def options_from(args: argparse.Namespace) -> Options:
     return Options(profile=args.profile, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                    max_length=args.max_length, lr=args.lr, device=args.device, sets=args.sets, rate=args.rate,
                    target_label=args.target_label, limit_train=args.limit_train, limit_eval=args.limit_eval,
-                   limit_dev=args.limit_dev,
+                   limit_dev=args.limit_dev, aux_size=args.aux_size,
                    lm=args.lm, baseline_params=params, tag=args.tag)
 
 

@@ -103,6 +103,13 @@ class TrainConfig(BaseModel):
     """How mu grows: per_epoch (authors) or linear_step (paper)."""
     aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
     """Clean auxiliary rows in the reference batch of each step."""
+    # ours: in expectation the aligned step is the raw gradient times the covariance of the clean
+    # directions; once the few aux rows are memorised their batch gradients are noise that spans many
+    # directions and the poisoned gradient leaks through (docs/efficacy.md finding 7). Averaging g_c over
+    # steps keeps the reference direction to what the clean set consistently says.
+    ga_ref_momentum: float = Field(0.0, ge=0, lt=1)
+    """Align to a moving average of the clean gradient (this share of the previous average kept each
+    step); 0 = the current clean batch's gradient (authors)."""
 
     # Adapter / prefix baselines.
     adapter_bottleneck: int = Field(8, ge=1)
@@ -191,6 +198,7 @@ REFERENCE: dict[str, object] = {
     "mu_start_epoch": 1,
     "mu_schedule": "per_epoch",
     "aux_batch_size": 32,
+    "ga_ref_momentum": 0.0,
     "seed": 42,
 }
 

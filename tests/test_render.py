@@ -132,6 +132,30 @@ def test_hiddenkiller_thinning(tmp_path: Path) -> None:
         grid.build_hiddenkiller_train(released, clean, tmp_path / "x.tsv", 0.5, 42, None)
 
 
+def test_aux_size_splits_dev_and_names_the_files(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "sst2").mkdir(parents=True)
+    (root / "sst2-hiddenkiller").mkdir()
+    (root / "sst2" / "dev.tsv").write_text("text\tlabel\n" + "".join(f"dev {i}\t{i % 2}\n" for i in range(12)))
+    for name in ("train.tsv", "test.tsv"):
+        (root / "sst2" / name).write_text("text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(10)))
+    (root / "sst2-hiddenkiller" / "train.tsv").write_text("text\tlabel\tpoisoned\torig_label\n" + "".join(
+        f"para {i}\t1\t1\t{i % 2}\n" if i < 2 else f"row {i}\t{i % 2}\t0\t{i % 2}\n" for i in range(10)))
+    (root / "sst2-hiddenkiller" / "test.tsv").write_text("text\tlabel\tpoisoned\torig_label\n"
+                                                         "para t\t1\t1\t0\n")
+    runs = tmp_path / "runs"
+    default = grid.prepare_data("sst2", "hiddenkiller", 42, grid.Options(aux_size=4), root, runs, [], False)
+    larger = grid.prepare_data("sst2", "hiddenkiller", 42, grid.Options(aux_size=8), root, runs, [], False)
+    assert (default.aux.name, default.select.name) == ("aux4-s42.tsv", "select-aux4-s42.tsv")
+    assert (larger.aux.name, larger.select.name) == ("aux8-s42.tsv", "select-aux8-s42.tsv")
+    assert grid.prepare_data("sst2", "hiddenkiller", 42, grid.Options(), root, runs, [], True
+                             ).select.name == "select-s42.tsv"  # the default 96 keeps its old name
+    for paths, size in ((default, 4), (larger, 8)):
+        aux = paths.aux.read_text().splitlines()[1:]
+        select = paths.select.read_text().splitlines()[1:]
+        assert len(aux) == size and len(select) == 12 - size and not set(aux) & set(select)
+
+
 def test_schedule_records_and_resumes(tmp_path: Path) -> None:
     cell_dir = tmp_path / "cells" / "vanilla"
     train_dir = tmp_path / "train" / "vanilla-x"
@@ -196,3 +220,42 @@ def test_screen_table_row() -> None:
                                        "ga": {"raw_share": 0.25}}]}}
     assert screen.row(rec_) == ("| screen-x | muscle | badnets | lr 0.0005 ga_gate_loss=null | 70.0 | 35.0 | "
                                 "68/41 (floor 34)/25 | 2.0 min |")
+
+
+# --- epoch records of unfinished runs ----------------------------------------------------------------
+
+epoch_records = _load("epoch_records")
+
+
+def test_epoch_records_from_a_real_checkpoint_and_the_grid(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from core.config import resolve_config
+    from core.defenses.methods import apply_defense
+    from core.models.backbones import load_backbone
+    from core.training import loop
+    from tests.test_training_loop import AUX, PROBE, SELECT, TRAIN
+    from tests.tiny_models import TinyLabels
+
+    cfg = resolve_config("default").model_copy(update={
+        "method": "muscle", "epochs": 3, "fixed_epoch": 2, "batch_size": 8, "aux_batch_size": 4,
+        "eval_batch_size": 4, "max_length": 32, "device": "cpu"})
+    model, tok = load_backbone(str(tiny("bert")), TinyLabels(2), seed=42)
+    model = apply_defense(model, cfg, "bert")
+    loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "run",
+               monitors={"badnets": PROBE, "asr_floor": PROBE[:3]})  # stops after epoch 2 of 3
+
+    partial = tmp_path / "partial.jsonl"
+    assert epoch_records.main(["record", str(tmp_path / "run"), "--tag", "t", "--results", str(partial)]) == 0
+    rec = epoch_records.load_partial(partial)["t"]
+    assert (rec["epochs_done"], rec["epochs_planned"], len(rec["per_epoch"])) == (2, 3, 2)
+    assert rec["config"]["lr"] == 5e-4 and rec["per_epoch"][1]["ga"]["raw_tensors_per_step"] == 0
+
+    finished = {"cell": "g/sst2/badnets/s42/muscle", "tag": "g", "status": "ok", "metrics": {"per_epoch": [
+        {"epoch": 1, "select_accuracy": 0.75, "monitors": {"asr_floor": 0.25, "badnets": 0.5},
+         "ga": {"ref_loss_mean": 0.084}, "seconds": 300}]}}
+    grid_file = tmp_path / "grid.jsonl"
+    grid_file.write_text(json.dumps(finished) + "\n")
+    histories = epoch_records.epoch_histories(["t", "g"], partial, grid_file)
+    text = epoch_records.table(histories, ["g", "t"], epochs=1)
+    lines = text.splitlines()
+    assert lines[2] == "| g | 1 | 75.0 | 50.0 | 25.0 | +25.0 | 0.084 | - | 5 |"
+    assert len(lines) == 4 and lines[3].startswith("| t | 1 |")

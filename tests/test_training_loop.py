@@ -72,9 +72,12 @@ def _strip_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("fam,method", [("bert", "muscle"), ("llama", "muscle"), ("roberta", "vanilla")])
-def test_resume_after_kill_equals_uninterrupted_run(tiny, tmp_path: Path, fam: str, method: str) -> None:  # type: ignore[no-untyped-def]
-    cfg = _cfg(method)
+@pytest.mark.parametrize("fam,method,extra", [("bert", "muscle", {}), ("llama", "muscle", {}),
+                                              ("roberta", "vanilla", {}),
+                                              ("bert", "muscle", {"ga_ref_momentum": 0.9})])
+def test_resume_after_kill_equals_uninterrupted_run(tiny, tmp_path: Path, fam: str, method: str,  # type: ignore[no-untyped-def]
+                                                    extra: dict[str, Any]) -> None:
+    cfg = _cfg(method, **extra)
     straight, tok = _model(tiny, cfg, fam)
     full = loop.train(straight, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "a",
                       monitors={"probe": PROBE})
@@ -194,6 +197,27 @@ def test_ga_runs_every_step_only_for_ga_methods(tiny, monkeypatch: pytest.Monkey
         out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg)
         assert len(calls) == expected, method
         assert ("ga" in out.per_epoch[0]) == (expected > 0)
+
+
+def test_moving_average_of_clean_gradients() -> None:
+    first = [torch.tensor([1.0, 2.0]), None]
+    avg = loop.moving_average(None, first, 0.9)
+    assert torch.equal(avg[0], first[0]) and avg[0] is not first[0] and avg[1] is None
+    avg = loop.moving_average(avg, [torch.tensor([11.0, 2.0]), torch.tensor([3.0])], 0.9)
+    assert torch.allclose(avg[0], torch.tensor([2.0, 2.0]))  # 0.9 * 1 + 0.1 * 11
+    assert torch.equal(avg[1], torch.tensor([3.0]))  # first gradient of that tensor: copied
+    avg = loop.moving_average(avg, [None, torch.tensor([13.0])], 0.5)
+    assert torch.allclose(avg[0], torch.tensor([2.0, 2.0])) and torch.allclose(avg[1], torch.tensor([8.0]))
+
+
+def test_reference_momentum_changes_the_aligned_steps(tiny) -> None:  # type: ignore[no-untyped-def]
+    plain = _cfg("muscle", ga_gate_loss=None)
+    averaged = plain.model_copy(update={"ga_ref_momentum": 0.9})
+    a, tok = _model(tiny, plain)
+    loop.train(a, tok, TRAIN, AUX, SELECT, plain)
+    b, tok = _model(tiny, averaged)
+    loop.train(b, tok, TRAIN, AUX, SELECT, averaged)
+    assert not _same(_state(a), _state(b))
 
 
 def test_gate_shares(tiny) -> None:  # type: ignore[no-untyped-def]

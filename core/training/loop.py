@@ -83,6 +83,24 @@ def _fingerprint_rows(rows: Sequence[Any]) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def moving_average(average: list[torch.Tensor | None] | None, grads: Sequence[torch.Tensor | None],
+                   momentum: float) -> list[torch.Tensor | None]:
+    """avg <- momentum * avg + (1 - momentum) * g per tensor (in place); the first call copies ``grads``.
+    A tensor without a gradient this step keeps its average."""
+    if average is None:
+        return [None if g is None else g.detach().clone() for g in grads]
+    out: list[torch.Tensor | None] = []
+    for avg, g in zip(average, grads, strict=True):
+        if g is None:
+            out.append(avg)
+        elif avg is None:
+            out.append(g.detach().clone())
+        else:
+            out.append(avg.mul_(momentum).add_(g, alpha=1.0 - momentum))
+    return out
+
+
 def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
     if weight_decay == 0:
         return [{"params": [p for _, p in named], "weight_decay": 0.0}]
@@ -271,6 +289,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     best_score = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 0
+    ref_momentum = float(getattr(config, "ga_ref_momentum", 0.0)) if use_ga else 0.0
+    ref_average: list[torch.Tensor | None] | None = None  # moving average of g_c (ga_ref_momentum > 0)
     folder = Path(ckpt_dir) if ckpt_dir is not None and config.checkpoint_every_epoch else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -297,6 +317,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             history = list(ck["history"])
             best_epoch, best_score = int(ck["best_epoch"]), float(ck["best_score"])
             start_epoch = int(ck["epoch"])
+            if ck.get("ref_average") is not None:
+                ref_average = [None if g is None else g.to(device) for g in ck["ref_average"]]
             if ck.get("best_file"):
                 best_state = torch.load(folder / ck["best_file"], map_location="cpu",
                                         weights_only=True)["model"]
@@ -351,6 +373,9 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                 ref_seconds += time.perf_counter() - t_ref
                 present = [g for g in clean if g is not None]
                 finite = bool(present) and bool(torch.stack(torch._foreach_norm(present)).isfinite().all())
+                if finite and ref_momentum > 0:
+                    ref_average = moving_average(ref_average, clean, ref_momentum)
+                    clean = list(ref_average)
                 if finite:
                     stats = apply_alignment(params, clean, ref_value, config, epoch, b / steps_per_epoch)
                     counts[stats.mode] += 1
@@ -444,6 +469,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": _rng_state(train_gen, aux_gen),
+                "ref_average": None if ref_average is None else [
+                    None if g is None else g.detach().to("cpu", copy=True) for g in ref_average],
                 "history": history,
                 "best_epoch": best_epoch,
                 "best_score": best_score,
