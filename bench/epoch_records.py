@@ -4,7 +4,7 @@ CPU): read from the run's resumable checkpoint, kept in git, and put beside fini
     python bench/epoch_records.py record RUN_DIR --tag TAG [--note TEXT]
     python bench/epoch_records.py table --tags full-default,full-refema09 [--epochs 3]
 
-`record` reads RUN_DIR/last.pt (written after every epoch): the resolved settings and the per-epoch
+`record` reads RUN_DIR/last.pt or RUN_DIR/checkpoints/last.pt (written after every epoch): the resolved settings and the per-epoch
 history, with the probes' ASR and floor. It appends one line to bench/results/partial_runs.jsonl; a later
 line with the same tag replaces the earlier one. `table` prints one Markdown row per (tag, epoch), from
 those lines or, for tags with a finished run, from bench/results/grid.jsonl.
@@ -32,7 +32,10 @@ FLOOR = "asr_floor"
 def read_checkpoint(run_dir: Path) -> dict[str, Any]:
     import torch  # only `record` needs it
 
-    ck = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    path = run_dir / "last.pt"
+    if not path.exists():  # a `muscle train --out` folder keeps it under checkpoints/
+        path = run_dir / "checkpoints" / "last.pt"
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     return {"config": ck["fingerprint"]["config"], "per_epoch": list(ck["history"]), "epochs_done": ck["epoch"]}
 
 

@@ -11,6 +11,7 @@ from core.defenses.alignment import (
     align_gradients,
     apply_alignment,
     choose_mode,
+    leaked_tensors,
     mean_ref_grad_norm,
     mu_for_epoch,
 )
@@ -56,6 +57,9 @@ def test_zero_norm_tensors_keep_raw_gradient() -> None:
     assert torch.equal(b.grad, torch.tensor([0.0, 0.0]))  # own gradient is zero
     assert torch.equal(c.grad, torch.tensor([5.0, 5.0]))  # no clean gradient at all
     assert (changed, skipped) == (0, 3)
+    # of the three, a and c keep a non-zero raw gradient (a leak); b's zero gradient carries nothing
+    assert leaked_tensors([a, b, c], [torch.zeros(2), torch.tensor([1.0, 0.0]), None]) == 2
+    assert leaked_tensors([a, b, c], [torch.zeros(2), torch.tensor([1.0, 0.0]), None], "global") == 1
 
 
 def test_mixed_mode_is_eq8() -> None:

@@ -220,6 +220,17 @@ def test_reference_momentum_changes_the_aligned_steps(tiny) -> None:  # type: ig
     assert not _same(_state(a), _state(b))
 
 
+def test_zero_gradients_at_the_start_are_not_counted_as_leaks(tiny) -> None:  # type: ignore[no-untyped-def]
+    # default profile: LoRA B and MSLR R start at zero, so at step 1 LoRA A and MSLR L have zero g and
+    # g_c. Alignment leaves them raw, but nothing passes; the leak counter must stay 0 from epoch 1.
+    cfg = resolve_config("default").model_copy(update={
+        "method": "muscle", "epochs": 2, "batch_size": 8, "aux_batch_size": 4, "eval_batch_size": 4,
+        "max_length": 32, "device": "cpu"})
+    model, tok = _model(tiny, cfg)
+    hist = loop.train(model, tok, TRAIN, AUX, SELECT, cfg).per_epoch
+    assert [rec["ga"]["raw_tensors_per_step"] for rec in hist] == [0.0, 0.0]
+
+
 def test_gate_shares(tiny) -> None:  # type: ignore[no-untyped-def]
     closed = _cfg("muscle", ga_gate_loss=100.0)  # never open: epoch 0 raw, then Eq. 8 with mu_e
     model, tok = _model(tiny, closed)

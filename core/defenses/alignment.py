@@ -45,6 +45,7 @@ class AlignStats:
     mu: float
     tensors_aligned: int  # tensors whose gradient was replaced
     tensors_skipped: int  # tensors left raw because g or g_c had zero norm (or no gradient)
+    tensors_leaked: int  # of those, tensors whose non-zero (poisoned) gradient was kept: the real leak
     seconds: float  # wall time of the alignment maths (gate + projection), excluding the ref pass
 
 
@@ -187,6 +188,22 @@ def _align_rows(gs: list[torch.Tensor], gcs: list[torch.Tensor], keep: float) ->
     return len(gs)
 
 
+@torch.no_grad()
+def leaked_tensors(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None],
+                   granularity: str = "per_tensor") -> int:
+    """Tensors whose non-zero training gradient an aligned step would keep as it is: those with no clean
+    gradient at all and, per tensor, those whose clean gradient is zero. A tensor whose own gradient is
+    zero (LoRA's A while B is still zero) is skipped too, but nothing of the poison passes through it."""
+    leaked = 0
+    for p, gc in zip(params, clean_grads, strict=True):
+        g = p.grad
+        if g is None or not bool(g.any()):
+            continue
+        if gc is None or (granularity == "per_tensor" and not bool(gc.any())):
+            leaked += 1
+    return leaked
+
+
 def apply_alignment(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None], ref_loss: float,
                     config: Any, epoch: int, step_frac: float = 0.0) -> AlignStats:
     """Gate + mu + alignment for one step (``params[i].grad`` holds g). ``epoch`` is 0-based."""
@@ -194,7 +211,8 @@ def apply_alignment(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | 
     mean_norm = mean_ref_grad_norm(clean_grads)
     mode = choose_mode(config, ref_loss, mean_norm, epoch)
     mu = mu_for_epoch(config, epoch, step_frac) if mode == "mixed" else 0.0
+    leaked = leaked_tensors(params, clean_grads, config.ga_granularity) if mode != "raw" else 0
     changed, skipped = align_gradients(params, clean_grads, config.ga_granularity, mu, mode)
     return AlignStats(mode=mode, ref_loss=float(ref_loss), mean_ref_norm=mean_norm, mu=mu,
-                      tensors_aligned=changed, tensors_skipped=skipped,
+                      tensors_aligned=changed, tensors_skipped=skipped, tensors_leaked=leaked,
                       seconds=time.perf_counter() - start)

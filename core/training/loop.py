@@ -338,7 +338,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         counts = {"aligned": 0, "mixed": 0, "raw": 0}
         ref_loss_sum = 0.0
         align_seconds = 0.0
-        raw_tensors = 0  # tensors left with their raw gradient in aligned/mixed steps (no clean gradient)
+        raw_tensors = 0  # tensors whose non-zero raw gradient an aligned/mixed step kept (no clean gradient)
         ref_seconds = 0.0
         steps_seconds = 0.0
         mu_now = mu_for_epoch(config, epoch) if use_ga else 0.0
@@ -381,7 +381,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                     counts[stats.mode] += 1
                     align_seconds += stats.seconds
                     if stats.mode != "raw":
-                        raw_tensors += stats.tensors_skipped
+                        raw_tensors += stats.tensors_leaked
                     if stats.mode == "mixed":
                         mu_now = stats.mu
                 else:
