@@ -4,10 +4,11 @@ CPU): read from the run's resumable checkpoint, kept in git, and put beside fini
     python bench/epoch_records.py record RUN_DIR --tag TAG [--note TEXT]
     python bench/epoch_records.py table --tags full-default,full-refema09 [--epochs 3]
 
-`record` reads RUN_DIR/last.pt or RUN_DIR/checkpoints/last.pt (written after every epoch): the resolved settings and the per-epoch
-history, with the probes' ASR and floor. It appends one line to bench/results/partial_runs.jsonl; a later
-line with the same tag replaces the earlier one. `table` prints one Markdown row per (tag, epoch), from
-those lines or, for tags with a finished run, from bench/results/grid.jsonl.
+`record` reads RUN_DIR/last.pt or RUN_DIR/checkpoints/last.pt (written after every epoch): the resolved
+settings and the per-epoch history, with the probes' ASR and floor. It appends one line to
+bench/results/partial_runs.jsonl; a later line with the same tag replaces the earlier one. `table` prints
+one Markdown row per (tag, epoch), from those lines or, for tags with a finished run, from
+bench/results/grid.jsonl.
 """
 
 from __future__ import annotations
