@@ -95,6 +95,11 @@ class TrainConfig(BaseModel):
     """Clean-loss gate: pure alignment while the clean batch loss is above this; null = no gate."""
     ga_min_ref_grad_norm: float = 5e-7
     """Below this mean clean-gradient norm the gate counts the clean gradient as zero."""
+    # ours: once the few aux rows are fitted exactly (float32 softmax at 1.0), g_c is zero and the authors'
+    # code keeps that tensor's raw, poisoned gradient (docs/efficacy.md finding 7).
+    ga_no_direction: Literal["keep_raw", "skip"] = "keep_raw"
+    """When a tensor's clean gradient gives no direction (none, or a norm at most ga_min_ref_grad_norm):
+    keep_raw = keep its raw training gradient (authors), skip = no aligned update (Eq. 8 with g_a = 0)."""
     mu_max: float = Field(0.1, ge=0, le=1)
     """Largest share of the raw gradient mixed into the aligned one (Eq. 8)."""
     mu_start_epoch: int = Field(1, ge=0)  # GAEpoch
@@ -194,6 +199,7 @@ REFERENCE: dict[str, object] = {
     "ga_granularity": "per_tensor",
     "ga_gate_loss": 0.4,
     "ga_min_ref_grad_norm": 5e-7,
+    "ga_no_direction": "keep_raw",
     "mu_max": 0.1,
     "mu_start_epoch": 1,
     "mu_schedule": "per_epoch",

@@ -207,3 +207,28 @@ def test_apply_alignment_end_to_end() -> None:
 def test_pairs_must_line_up() -> None:
     with pytest.raises(ValueError):
         align_gradients([_param([1.0])], [])
+
+
+def test_no_direction_skip_drops_the_raw_gradient_where_keep_raw_passes_it() -> None:
+    clean = [torch.tensor([3.0, 0.0]), torch.zeros(2), torch.tensor([1e-9, 0.0]), None]
+    for policy, expected_leaks in (("keep_raw", 2), ("skip", 0)):
+        cfg = _ref(ga_gate_loss=None, ga_no_direction=policy, epochs=10)
+        ps = [_param([1.0, 2.0]), _param([5.0, 5.0]), _param([4.0, 0.0]), _param([6.0, 6.0])]
+        stats = apply_alignment(ps, clean, ref_loss=0.7, config=cfg, epoch=0)  # mu 0: pure alignment
+        assert torch.allclose(ps[0].grad, torch.tensor([1.0, 0.0]))  # aligned as before
+        assert stats.tensors_leaked == expected_leaks
+        assert stats.tensors_dropped == (3 if policy == "skip" else 0)
+        if policy == "keep_raw":  # the authors: zero or missing g_c keeps the poisoned g ...
+            assert torch.equal(ps[1].grad, torch.tensor([5.0, 5.0]))
+            assert torch.equal(ps[3].grad, torch.tensor([6.0, 6.0]))
+            assert torch.allclose(ps[2].grad, torch.tensor([4.0, 0.0]))  # ... a tiny g_c is a direction
+        else:  # skip: no clean direction (a norm up to ga_min_ref_grad_norm included), no update
+            assert all(torch.equal(p.grad, torch.zeros(2)) for p in ps[1:])
+    mixed = _param([5.0, 5.0])  # Eq. 8 with g_a = 0 keeps the mu share of g
+    cfg = _ref(ga_gate_loss=None, ga_no_direction="skip", epochs=10)
+    stats = apply_alignment([mixed], [torch.zeros(2)], ref_loss=0.7, config=cfg, epoch=4)
+    assert torch.allclose(mixed.grad, stats.mu * torch.tensor([5.0, 5.0])) and stats.mu > 0
+    whole = [_param([1.0, 1.0]), _param([2.0, 0.0])]  # global: only the whole clean gradient counts
+    cfg = _ref(ga_gate_loss=None, ga_no_direction="skip", ga_granularity="global")
+    apply_alignment(whole, [torch.zeros(2), torch.zeros(2)], ref_loss=0.7, config=cfg, epoch=0)
+    assert all(torch.equal(p.grad, torch.zeros(2)) for p in whole)

@@ -46,6 +46,7 @@ class AlignStats:
     tensors_aligned: int  # tensors whose gradient was replaced
     tensors_skipped: int  # tensors left raw because g or g_c had zero norm (or no gradient)
     tensors_leaked: int  # of those, tensors whose non-zero (poisoned) gradient was kept: the real leak
+    tensors_dropped: int  # ga_no_direction=skip: tensors with a non-zero g and no clean direction
     seconds: float  # wall time of the alignment maths (gate + projection), excluding the ref pass
 
 
@@ -204,6 +205,31 @@ def leaked_tensors(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | N
     return leaked
 
 
+@torch.no_grad()
+def drop_undirected(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None], granularity: str,
+                    keep: float, min_norm: float) -> tuple[list[torch.Tensor | None], int]:
+    """``ga_no_direction = "skip"``: a tensor whose clean gradient gives no direction (none, or a norm
+    at most ``min_norm``; globally: the whole clean gradient's) gets Eq. 8 with g_a = 0, i.e.
+    g <- keep * g, instead of its raw gradient. Returns the clean gradients with those set to None, so
+    the alignment leaves the scaled gradient alone, and how many non-zero gradients were so dropped."""
+    out = list(clean_grads)
+    if granularity == "global":
+        present = [gc for gc in out if gc is not None]
+        total = float(torch.stack(torch._foreach_norm(present)).norm()) if present else 0.0
+        undirected = [total <= min_norm] * len(out)
+    else:
+        undirected = [gc is None or (granularity == "per_tensor" and float(gc.norm()) <= min_norm)
+                      for gc in out]
+    dropped = 0
+    for i, (p, flag) in enumerate(zip(params, undirected, strict=True)):
+        if flag:
+            if p.grad is not None:
+                dropped += int(bool(p.grad.any()))
+                p.grad.mul_(keep)
+            out[i] = None
+    return out, dropped
+
+
 def apply_alignment(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None], ref_loss: float,
                     config: Any, epoch: int, step_frac: float = 0.0) -> AlignStats:
     """Gate + mu + alignment for one step (``params[i].grad`` holds g). ``epoch`` is 0-based."""
@@ -211,8 +237,15 @@ def apply_alignment(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | 
     mean_norm = mean_ref_grad_norm(clean_grads)
     mode = choose_mode(config, ref_loss, mean_norm, epoch)
     mu = mu_for_epoch(config, epoch, step_frac) if mode == "mixed" else 0.0
-    leaked = leaked_tensors(params, clean_grads, config.ga_granularity) if mode != "raw" else 0
+    leaked = dropped = 0
+    if mode != "raw":
+        if getattr(config, "ga_no_direction", "keep_raw") == "skip":
+            clean_grads, dropped = drop_undirected(params, clean_grads, config.ga_granularity, mu,
+                                          float(config.ga_min_ref_grad_norm))
+        else:
+            leaked = leaked_tensors(params, clean_grads, config.ga_granularity)
     changed, skipped = align_gradients(params, clean_grads, config.ga_granularity, mu, mode)
     return AlignStats(mode=mode, ref_loss=float(ref_loss), mean_ref_norm=mean_norm, mu=mu,
                       tensors_aligned=changed, tensors_skipped=skipped, tensors_leaked=leaked,
+                      tensors_dropped=dropped,
                       seconds=time.perf_counter() - start)

@@ -339,6 +339,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         ref_loss_sum = 0.0
         align_seconds = 0.0
         raw_tensors = 0  # tensors whose non-zero raw gradient an aligned/mixed step kept (no clean gradient)
+        dropped_tensors = 0  # ga_no_direction=skip: such gradients dropped instead
         ref_seconds = 0.0
         steps_seconds = 0.0
         mu_now = mu_for_epoch(config, epoch) if use_ga else 0.0
@@ -382,6 +383,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                     align_seconds += stats.seconds
                     if stats.mode != "raw":
                         raw_tensors += stats.tensors_leaked
+                        dropped_tensors += stats.tensors_dropped
                     if stats.mode == "mixed":
                         mu_now = stats.mu
                 else:
@@ -437,6 +439,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                 "raw_share": counts["raw"] / steps_per_epoch,
                 # a leak check: trainable tensors that kept the poisoned gradient in an aligned step
                 "raw_tensors_per_step": raw_tensors / steps_per_epoch,
+                "dropped_tensors_per_step": dropped_tensors / steps_per_epoch,
                 "mu": mu_now,
                 "ref_loss_mean": ref_loss_sum / steps_per_epoch,
                 "align_seconds": align_seconds,  # alignment maths only
