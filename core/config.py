@@ -108,10 +108,9 @@ class TrainConfig(BaseModel):
     """How mu grows: per_epoch (authors) or linear_step (paper)."""
     aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
     """Clean auxiliary rows in the reference batch of each step."""
-    # ours: in expectation the aligned step is the raw gradient times the covariance of the clean
-    # directions; once the few aux rows are memorised their batch gradients are noise that spans many
-    # directions and the poisoned gradient leaks through (docs/efficacy.md finding 7). Averaging g_c over
-    # steps keeps the reference direction to what the clean set consistently says.
+    # ours: an average of g_c over steps is never exactly zero once the aux rows are fitted, and varies less
+    # from step to step than one batch's g_c. On full SST-2 it held Badnets out but slowed learning
+    # (docs/efficacy.md finding 7), so it is off in both profiles.
     ga_ref_momentum: float = Field(0.0, ge=0, lt=1)
     """Align to a moving average of the clean gradient (this share of the previous average kept each
     step); 0 = the current clean batch's gradient (authors)."""
@@ -210,9 +209,11 @@ REFERENCE: dict[str, object] = {
 
 # `default`: the reference settings with what the efficacy study found (docs/efficacy.md): a zero-initialised
 # MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its raw steps are where
-# the backdoor leaks in), and a larger lr for the shorter aligned steps. Per-family S still comes from
-# `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
-DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None}
+# the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient for tensors whose
+# clean gradient vanished (once the aux rows are fitted, that is where the backdoor leaks in: finding 7).
+# Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
+DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None,
+                              "ga_no_direction": "skip"}
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 

@@ -60,6 +60,8 @@ def test_zero_norm_tensors_keep_raw_gradient() -> None:
     # of the three, a and c keep a non-zero raw gradient (a leak); b's zero gradient carries nothing
     assert leaked_tensors([a, b, c], [torch.zeros(2), torch.tensor([1.0, 0.0]), None]) == 2
     assert leaked_tensors([a, b, c], [torch.zeros(2), torch.tensor([1.0, 0.0]), None], "global") == 1
+    no_grad = torch.zeros(2, requires_grad=True)  # a trainable tensor the training batch did not reach
+    assert leaked_tensors([no_grad, a], [None, torch.zeros(2)]) == 1
 
 
 def test_mixed_mode_is_eq8() -> None:

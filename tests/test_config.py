@@ -15,6 +15,9 @@ def test_reference_is_the_authors_settings_for_every_method() -> None:
 
 def test_default_keeps_full_fine_tuning_at_the_authors_lr() -> None:
     assert resolve_config("default").lr == DEFAULT["lr"]
+    # the authors keep the raw gradient where the clean one vanished; the default drops it (finding 7)
+    assert (resolve_config("reference").ga_no_direction, resolve_config("default").ga_no_direction) == (
+        "keep_raw", "skip")
     for method in PROFILE_METHOD_VALUES["default"]:
         assert resolve_config("default", {"method": method}).lr == REFERENCE["lr"]
 

@@ -195,14 +195,17 @@ def leaked_tensors(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | N
     """Tensors whose non-zero training gradient an aligned step would keep as it is: those with no clean
     gradient at all and, per tensor, those whose clean gradient is zero. A tensor whose own gradient is
     zero (LoRA's A while B is still zero) is skipped too, but nothing of the poison passes through it."""
-    leaked = 0
-    for p, gc in zip(params, clean_grads, strict=True):
-        g = p.grad
-        if g is None or not bool(g.any()):
-            continue
-        if gc is None or (granularity == "per_tensor" and not bool(gc.any())):
-            leaked += 1
-    return leaked
+    own = _norms([p.grad for p in params])
+    clean = _norms(clean_grads)
+    return sum(1 for g, gc in zip(own, clean, strict=True)
+               if g is not None and g > 0 and (gc is None or (granularity == "per_tensor" and gc == 0)))
+
+
+def _norms(tensors: Sequence[torch.Tensor | None]) -> list[float | None]:
+    """Norm of each tensor (None stays None), with one host sync for all of them."""
+    present = [t for t in tensors if t is not None]
+    values = iter(torch.stack(torch._foreach_norm(present)).tolist() if present else [])
+    return [None if t is None else next(values) for t in tensors]
 
 
 @torch.no_grad()
@@ -213,18 +216,18 @@ def drop_undirected(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | 
     g <- keep * g, instead of its raw gradient. Returns the clean gradients with those set to None, so
     the alignment leaves the scaled gradient alone, and how many non-zero gradients were so dropped."""
     out = list(clean_grads)
+    clean = _norms(out)
     if granularity == "global":
-        present = [gc for gc in out if gc is not None]
-        total = float(torch.stack(torch._foreach_norm(present)).norm()) if present else 0.0
+        total = sum(n * n for n in clean if n is not None) ** 0.5
         undirected = [total <= min_norm] * len(out)
     else:
-        undirected = [gc is None or (granularity == "per_tensor" and float(gc.norm()) <= min_norm)
-                      for gc in out]
+        undirected = [n is None or (granularity == "per_tensor" and n <= min_norm) for n in clean]
+    own = _norms([p.grad for p in params])
     dropped = 0
-    for i, (p, flag) in enumerate(zip(params, undirected, strict=True)):
+    for i, (p, flag, g_norm) in enumerate(zip(params, undirected, own, strict=True)):
         if flag:
             if p.grad is not None:
-                dropped += int(bool(p.grad.any()))
+                dropped += int(bool(g_norm and g_norm > 0))
                 p.grad.mul_(keep)
             out[i] = None
     return out, dropped
