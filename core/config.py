@@ -209,11 +209,12 @@ REFERENCE: dict[str, object] = {
 
 # `default`: the reference settings with what the efficacy study found (docs/efficacy.md): a zero-initialised
 # MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its raw steps are where
-# the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient for tensors whose
-# clean gradient vanished (once the aux rows are fitted, that is where the backdoor leaks in: finding 7).
+# the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient at all once the aux
+# rows are fitted (finding 7): none for tensors whose clean gradient vanished, and no mu share of it either,
+# since AdamW scales a small raw share up to full-sized steps once the aligned part is gone.
 # Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
 DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None,
-                              "ga_no_direction": "skip"}
+                              "ga_no_direction": "skip", "mu_max": 0.0}
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 

@@ -18,6 +18,7 @@ def test_default_keeps_full_fine_tuning_at_the_authors_lr() -> None:
     # the authors keep the raw gradient where the clean one vanished; the default drops it (finding 7)
     assert (resolve_config("reference").ga_no_direction, resolve_config("default").ga_no_direction) == (
         "keep_raw", "skip")
+    assert (resolve_config("reference").mu_max, resolve_config("default").mu_max) == (0.1, 0.0)
     for method in PROFILE_METHOD_VALUES["default"]:
         assert resolve_config("default", {"method": method}).lr == REFERENCE["lr"]
 
