@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from render import load_records, pct  # noqa: E402
+from render import latest_by, load_records, pct  # noqa: E402
 
 PARTIAL = ROOT / "bench" / "results" / "partial_runs.jsonl"
 GRID = ROOT / "bench" / "results" / "grid.jsonl"
@@ -47,13 +47,7 @@ def make_record(run_dir: Path, tag: str, note: str, ck: dict[str, Any]) -> dict[
 
 
 def load_partial(path: Path) -> dict[str, dict[str, Any]]:
-    latest: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                latest[rec["tag"]] = rec
-    return latest
+    return latest_by(path, "tag") if path.exists() else {}
 
 
 def epoch_histories(tags: list[str], partial: Path, grid: Path) -> dict[str, list[dict[str, Any]]]:

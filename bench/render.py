@@ -48,16 +48,22 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """The latest ok record per cell (a rerun or a re-record replaces the earlier line)."""
+def latest_by(path: Path, key: str, ok_only: bool = False) -> dict[str, dict[str, Any]]:
+    """The latest JSONL line per ``rec[key]`` (a later line replaces an earlier one); ``ok_only`` keeps only
+    lines with status ``ok``."""
     latest: dict[str, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         rec = json.loads(line)
-        if rec.get("status") == "ok":
-            latest[rec["cell"]] = rec
-    return list(latest.values())
+        if not ok_only or rec.get("status") == "ok":
+            latest[rec[key]] = rec
+    return latest
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """The latest ok record per cell (a rerun or a re-record replaces the earlier line)."""
+    return list(latest_by(path, "cell", ok_only=True).values())
 
 
 def collect(records: Iterable[dict[str, Any]]) -> Cells:
