@@ -2,8 +2,11 @@
 and how well the canary ASR tracked the real ASR.
 
     .venv/bin/python bench/efficacy_table.py [--results bench/results/grid.jsonl] > bench/results/efficacy.md
+    .venv/bin/python bench/efficacy_table.py --tag fidelity=reference --tag full-newdefault=default
 
-Reads the `efficacy-reference` and `efficacy-default` tags (`bench/efficacy_table.sh`). Each cell is
+Reads the `efficacy-reference` and `efficacy-default` tags (`bench/efficacy_table.sh`), with the
+screening's Badnets cells where those lack them; `--tag TAG=PROFILE` reads other grid tags instead
+(the full-data runs), without that fallback. Each cell is
 "CACC / ASR (floor) · canary ASR": ASR of the shipped model on the attack's probe; floor = clean
 non-target test rows already called the target; canary ASR = the secret canary's ASR at the epoch the
 calibration chose (on held-back clean rows). Tracking: the canary run trains on the poisoned data plus
@@ -31,13 +34,17 @@ ROWS = [("vanilla", "reference"), ("lora", "reference"), ("muscle", "reference")
 ATTACKS = ["badnets", "addsent", "hiddenkiller"]
 
 
-def load(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+def load(path: Path, tags: dict[str, str] | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Cells by (method, profile, attack); ``tags`` maps grid tag -> profile (None: the efficacy tags
+    plus the screening fallback)."""
+    screening = SCREENING if tags is None else {}
+    tags = TAGS if tags is None else tags
     cells: dict[tuple[str, str, str], dict[str, Any]] = {}
     screened: dict[tuple[str, str, str], dict[str, Any]] = {}
     for rec in load_records(path):
-        if rec.get("tag") in TAGS:
-            cells[(rec["defense"], TAGS[rec["tag"]], rec["attack"])] = rec
-        elif SCREENING.get(rec.get("tag")) == (rec["defense"], "reference"):
+        if rec.get("tag") in tags:
+            cells[(rec["defense"], tags[rec["tag"]], rec["attack"])] = rec
+        elif screening.get(rec.get("tag")) == (rec["defense"], "reference"):
             screened[(rec["defense"], "reference", rec["attack"])] = {**rec, "screening": True}
     return {**screened, **cells}
 
@@ -80,8 +87,16 @@ def correlations(pairs: list[tuple[float, float]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "grid.jsonl")
+    parser.add_argument("--tag", action="append", metavar="TAG=PROFILE",
+                        help="read this grid tag as this profile's row (repeatable)")
     args = parser.parse_args(argv)
-    cells = load(args.results)
+    tags = None
+    if args.tag:
+        pairs = [t.split("=", 1) for t in args.tag]
+        if any(len(p) != 2 or p[1] not in ("reference", "default") for p in pairs):
+            parser.error("--tag wants TAG=reference or TAG=default")
+        tags = {tag: profile for tag, profile in pairs}
+    cells = load(args.results, tags)
     print("| method | profile | " + " | ".join(a.capitalize() for a in ATTACKS) + " | wall (sum) |")
     print("| --- | --- | " + " | ".join("---" for _ in ATTACKS) + " | --- |")
     for method, profile in ROWS:
@@ -104,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             if real is not None:
                 chosen.append(f"{method}/{profile}/{attack}: epoch {cand['epoch']}, canary "
                               f"{pct(cand['canary_asr'])}, real {pct(real)} (same canary run)")
-    print()
-    print("† from the screening runs (same data and epochs, no canary).")
+    if any(r.get("screening") for r in cells.values()):
+        print()
+        print("† from the screening runs (same data and epochs, no canary).")
     print()
     print(f"- canary ASR vs real ASR, every epoch of every canary run: {correlations(per_epoch)}")
     print(f"- canary ASR of the chosen epoch vs the shipped model's real ASR: {correlations(shipped)}")

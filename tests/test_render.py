@@ -213,6 +213,23 @@ def test_efficacy_table_cells_and_canary_tracking(tmp_path: Path, capsys: pytest
     assert "muscle/default/badnets: epoch 2, canary 10.0, real 30.0" in out
 
 
+def test_efficacy_table_reads_other_tags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def row(tag: str, defense: str, cacc: float) -> dict[str, object]:
+        return {"status": "ok", "tag": tag, "cell": f"{tag}/sst2/addsent/s42/{defense}", "defense": defense,
+                "attack": "addsent", "cacc": cacc, "asr": 0.5, "wall_seconds": 120,
+                "metrics": {"asr_floor": 0.1}}
+    path = tmp_path / "grid.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        row("full-x", "muscle", 0.7), row("fid", "vanilla", 0.9), row("screen-vanilla", "vanilla", 0.1)]))
+    assert efficacy.main(["--results", str(path), "--tag", "full-x=default", "--tag", "fid=reference"]) == 0
+    out = capsys.readouterr().out
+    assert "| muscle | default | not run | 70.0 / 50.0 (10.0) · - | not run | 2 min |" in out
+    assert "| vanilla | reference | not run | 90.0 / 50.0 (10.0) · - | not run | 2 min |" in out
+    assert "†" not in out  # no screening fallback for other tags
+    with pytest.raises(SystemExit):
+        efficacy.main(["--results", str(path), "--tag", "full-x=tuned"])
+
+
 def test_screen_table_row() -> None:
     rec_ = {"tag": "screen-x", "defense": "muscle", "attack": "badnets", "cacc": 0.7, "asr": 0.35,
             "wall_seconds": 120, "options": {"lr": 5e-4, "sets": ["ga_gate_loss=null"]},
