@@ -8,7 +8,7 @@ CPU): read from the run's resumable checkpoint, kept in git, and put beside fini
 settings and the per-epoch history, with the probes' ASR and floor. It appends one line to
 bench/results/partial_runs.jsonl; a later line with the same tag replaces the earlier one. `table` prints
 one Markdown row per (tag, epoch), from those lines or, for tags with a finished run, from
-bench/results/grid.jsonl.
+bench/results/grid.jsonl (`--tags full-newdefault/badnets` for one attack of a grid tag).
 """
 
 from __future__ import annotations
@@ -51,12 +51,14 @@ def load_partial(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def epoch_histories(tags: list[str], partial: Path, grid: Path) -> dict[str, list[dict[str, Any]]]:
-    """tag -> per-epoch history: a finished grid run of that tag wins over a partial record."""
+    """tag -> per-epoch history: a finished grid run of that tag wins over a partial record. A grid tag
+    that ran several attacks is asked for as ``TAG/ATTACK``."""
     found = {tag: rec["per_epoch"] for tag, rec in load_partial(partial).items() if tag in tags}
     if grid.exists():
         for rec in load_records(grid):
-            if rec.get("tag") in tags and rec.get("metrics", {}).get("per_epoch"):
-                found[rec["tag"]] = rec["metrics"]["per_epoch"]
+            for name in (rec.get("tag"), f"{rec.get('tag')}/{rec.get('attack')}"):
+                if name in tags and rec.get("metrics", {}).get("per_epoch"):
+                    found[name] = rec["metrics"]["per_epoch"]
     return found
 
 

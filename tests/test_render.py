@@ -276,3 +276,9 @@ def test_epoch_records_from_a_real_checkpoint_and_the_grid(tiny, tmp_path: Path)
     lines = text.splitlines()
     assert lines[2] == "| g | 1 | 75.0 | 50.0 | 25.0 | +25.0 | 0.084 | - | 5 |"
     assert len(lines) == 4 and lines[3].startswith("| t | 1 |")
+    # a grid tag that ran several attacks: one attack by TAG/ATTACK, the other attack's run not mixed in
+    other = {**finished, "cell": "g/sst2/addsent/s42/muscle", "attack": "addsent",
+             "metrics": {"per_epoch": [{**finished["metrics"]["per_epoch"][0], "select_accuracy": 0.6}]}}
+    grid_file.write_text(json.dumps({**finished, "attack": "badnets"}) + "\n" + json.dumps(other) + "\n")
+    one = epoch_records.epoch_histories(["g/badnets"], partial, grid_file)
+    assert list(one) == ["g/badnets"] and one["g/badnets"][0]["select_accuracy"] == 0.75
