@@ -231,6 +231,24 @@ def test_zero_gradients_at_the_start_are_not_counted_as_leaks(tiny) -> None:  # 
     assert [rec["ga"]["raw_tensors_per_step"] for rec in hist] == [0.0, 0.0]
 
 
+def test_idle_share_counts_steps_whose_gradients_alignment_zeroed(tiny) -> None:  # type: ignore[no-untyped-def]
+    # A clean-gradient threshold no tensor reaches drops every gradient (ga_no_direction=skip, mu 0):
+    # from the first step nothing moves, as once the pooler saturates on the aux rows (efficacy finding 8).
+    base = resolve_config("default").model_copy(update={
+        "method": "muscle", "epochs": 2, "batch_size": 8, "aux_batch_size": 4, "eval_batch_size": 4,
+        "max_length": 32, "device": "cpu", "ga_min_ref_grad_norm": 1e9})
+    model, tok = _model(tiny, base)
+    start = _state(model)
+    hist = loop.train(model, tok, TRAIN, AUX, SELECT, base).per_epoch
+    assert [r["ga"]["idle_share"] for r in hist] == [1.0, 1.0] and _same(_state(model), start)
+    # mu > 0 keeps a share of the dropped gradients, and the authors' keep_raw aligns or keeps them: never idle
+    for moving in ({"mu_max": 0.5, "mu_start_epoch": 0}, {"ga_no_direction": "keep_raw", "ga_min_ref_grad_norm": 5e-7}):
+        cfg = base.model_copy(update={**moving, "fixed_epoch": 2})  # ship the last epoch, not the best
+        model, tok = _model(tiny, cfg)
+        hist = loop.train(model, tok, TRAIN, AUX, SELECT, cfg).per_epoch
+        assert hist[-1]["ga"]["idle_share"] == 0.0 and not _same(_state(model), start), moving
+
+
 def test_gate_shares(tiny) -> None:  # type: ignore[no-untyped-def]
     closed = _cfg("muscle", ga_gate_loss=100.0)  # never open: epoch 0 raw, then Eq. 8 with mu_e
     model, tok = _model(tiny, closed)

@@ -340,6 +340,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         align_seconds = 0.0
         raw_tensors = 0  # tensors whose non-zero raw gradient an aligned/mixed step kept (no clean gradient)
         dropped_tensors = 0  # ga_no_direction=skip: such gradients dropped instead
+        idle_steps = 0  # steps whose gradients alignment zeroed: only AdamW's momentum moves weights
         ref_seconds = 0.0
         steps_seconds = 0.0
         mu_now = mu_for_epoch(config, epoch) if use_ga else 0.0
@@ -384,6 +385,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                     if stats.mode != "raw":
                         raw_tensors += stats.tensors_leaked
                         dropped_tensors += stats.tensors_dropped
+                        idle_steps += int(stats.tensors_aligned == 0 and stats.tensors_leaked == 0
+                                          and stats.mu == 0.0)
                     if stats.mode == "mixed":
                         mu_now = stats.mu
                 else:
@@ -440,6 +443,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                 # a leak check: trainable tensors that kept the poisoned gradient in an aligned step
                 "raw_tensors_per_step": raw_tensors / steps_per_epoch,
                 "dropped_tensors_per_step": dropped_tensors / steps_per_epoch,
+                "idle_share": idle_steps / steps_per_epoch,  # steps that changed no gradient-carrying tensor
                 "mu": mu_now,
                 "ref_loss_mean": ref_loss_sum / steps_per_epoch,
                 "align_seconds": align_seconds,  # alignment maths only
