@@ -95,7 +95,7 @@ class TrainConfig(BaseModel):
     """Clean-loss gate: pure alignment while the clean batch loss is above this; null = no gate."""
     ga_min_ref_grad_norm: float = 5e-7
     """Below this mean clean-gradient norm the gate counts the clean gradient as zero."""
-    # ours: once the few aux rows are fitted exactly (float32 softmax at 1.0), g_c is zero and the authors'
+    # ours: once the few aux rows saturate the pooler's tanh (float32 tanh' = 0), g_c is zero and the authors'
     # code keeps that tensor's raw, poisoned gradient (docs/efficacy.md finding 7).
     ga_no_direction: Literal["keep_raw", "skip"] = "keep_raw"
     """When a tensor's clean gradient gives no direction (none, or a norm at most ga_min_ref_grad_norm):
