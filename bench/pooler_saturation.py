@@ -14,7 +14,6 @@ Evidence for docs/efficacy.md finding 8.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -27,17 +26,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench" / "runs" / "data" / "sst2"
 SATURATED = 9.0  # float32: tanh(x) == 1.0 for x > ~9.01
-
-
-class TwoLabels:
-    id2label = {0: "0", 1: "1"}
-    label2id = {"0": 0, "1": 1}
-
-
-def read(path: Path, limit: int | None = None) -> tuple[list[str], list[int]]:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))[:limit]
-    return [r["text"] for r in rows], [int(r["label"]) for r in rows]
 
 
 def measure(model: Any, tok: Any, texts: list[str], labels: list[int], pre: dict[str, torch.Tensor]
@@ -90,16 +78,21 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     from core.config import resolve_config
+    from core.data.dataset import load_examples
+    from core.data.labels import LabelMap
     from core.defenses.methods import apply_defense
     from core.models.backbones import load_backbone, unwrap
     from core.training.loop import load_snapshot
 
     cfg = resolve_config("default").model_copy(update={"method": "muscle", "device": "cpu"})
-    model, tok = load_backbone("minilm", TwoLabels(), seed=cfg.seed)
+    label_map = LabelMap.from_labels(["0", "1"])
+    model, tok = load_backbone("minilm", label_map, seed=cfg.seed)
     model = apply_defense(model, cfg, "bert")
     pre: dict[str, torch.Tensor] = {}
     unwrap(model).bert.pooler.dense.register_forward_hook(lambda m, i, o: pre.__setitem__("x", o.detach()))
-    sets = {"aux": read(DATA / "aux96-s42.tsv"), "select": read(DATA / "select-s42.tsv", 256)}
+    examples = {"aux": load_examples(DATA / "aux96-s42.tsv", label_map, role="aux"),
+                "select": load_examples(DATA / "select-s42.tsv", label_map, role="select")[:256]}
+    sets = {name: ([e.text for e in rows], [e.label for e in rows]) for name, rows in examples.items()}
     start = time.time()
     result: dict[str, Any] = {"step0": {name: measure(model, tok, *rows, pre) for name, rows in sets.items()},
                               "head_loss_floor": head_loss_floor(unwrap(model).classifier)}
