@@ -49,6 +49,12 @@ class AlignStats:
     tensors_dropped: int  # ga_no_direction=skip: tensors with a non-zero g and no clean direction
     seconds: float  # wall time of the alignment maths (gate + projection), excluding the ref pass
 
+    @property
+    def idle(self) -> bool:
+        """No gradient survived: nothing aligned, nothing kept raw, no mu share (only AdamW's momentum
+        moves the weights this step)."""
+        return self.mode != "raw" and self.tensors_aligned == 0 and self.tensors_leaked == 0 and self.mu == 0.0
+
 
 def mu_for_epoch(config: Any, epoch: int, step_frac: float = 0.0) -> float:
     """mu for 0-based ``epoch`` (and, for ``linear_step``, the fraction of the epoch already done)."""

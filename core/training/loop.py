@@ -385,8 +385,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
                     if stats.mode != "raw":
                         raw_tensors += stats.tensors_leaked
                         dropped_tensors += stats.tensors_dropped
-                        idle_steps += int(stats.tensors_aligned == 0 and stats.tensors_leaked == 0
-                                          and stats.mu == 0.0)
+                        idle_steps += int(stats.idle)
                     if stats.mode == "mixed":
                         mu_now = stats.mu
                 else:
