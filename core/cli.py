@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean held-back file for choosing the epoch; default: a slice of --aux")
     _add_probe_args(t)
     _add_data_args(t)
-    t.add_argument("--method", choices=METHODS, default=None, help="defense (default muscle)")
+    t.add_argument("--method", choices=METHODS, default=None,
+                   help="training method (default: vanilla, full fine-tuning of the screened rows)")
     t.add_argument("--profile", choices=sorted(PROFILES), default="default",
                    help="settings preset: reference = the authors' code exactly")
     t.add_argument("--model", default=None, help="minilm (default), a hub id or a local path")
@@ -84,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     t.set_defaults(func=cmd_train)
+
+    sc = sub.add_parser("screen", help="audit a training file for poisoned rows without training")
+    sc.add_argument("--train", type=Path, required=True, help="untrusted training file (CSV, TSV or JSONL)")
+    sc.add_argument("--aux", type=Path, required=True, help="small trusted clean file (the same labels)")
+    sc.add_argument("--out", type=Path, required=True,
+                    help="output folder: screen.json (removed rows and suspects) and removed.tsv")
+    _add_data_args(sc)
+    sc.add_argument("--set", action="append", default=[], type=_parse_set, metavar="KEY=VALUE",
+                    help="a screen setting, e.g. --set screen_fdr=0.01 (`muscle settings` lists them)")
+    sc.set_defaults(func=cmd_screen)
 
     s = sub.add_parser("settings", help="list every training setting with its profile values")
     s.set_defaults(func=cmd_settings)
@@ -211,6 +222,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = result.metrics
     print(json.dumps({"cacc": m["cacc"], "asr": m["asr"], "best_epoch": m["best_epoch"],
                       "out": str(result.out_dir)}, indent=2))
+    return 0
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from core.data.dataset import check_aux, load_examples
+    from core.data.labels import LabelMap
+    from core.data.table import read_table
+    from core.screen.stage import screen_examples, settings_from
+
+    sets = dict(args.set)
+    unknown = sorted(k for k in sets if not k.startswith("screen_"))
+    if unknown:
+        raise MuscleError(f"not a screen setting: {', '.join(unknown)} (screen settings start with screen_)")
+    try:
+        config = resolve_config("default", sets)
+    except ValueError as exc:
+        raise MuscleError(f"invalid settings: {exc}") from exc
+    cols = {"text_column": args.text_column, "label_column": args.label_column}
+    raw = read_table(args.train, role="train", **cols)
+    label_map = LabelMap.from_labels([r.label for r in raw if r.label is not None])
+    train = load_examples(args.train, label_map, role="train", **cols)
+    aux = load_examples(args.aux, label_map, role="aux", **cols)
+    check_aux(aux, label_map, config.min_aux_per_class, str(args.aux))
+    report = screen_examples(train, aux, settings_from(config), label_map.names)
+    json_path, tsv_path = report.write(args.out)
+    summary = report.summary(max_suspects=10)
+    print(json.dumps({k: summary[k] for k in ("rows_in", "rows_removed", "removed_per_rule", "seconds")}
+                     | {"screen_json": str(json_path), "removed_tsv": str(tsv_path),
+                        "suspects": [f"{s['feature']} (label {s['label']}, {s['label_rows']}/{s['rows']} rows, "
+                                     f"{s['verdict']}, removed {s['removed']})" for s in summary["suspects"]]},
+                     indent=2))
     return 0
 
 

@@ -158,6 +158,24 @@ class TrainConfig(BaseModel):
     min_aux_per_class: int = Field(2, ge=1)
     """Fewest clean aux rows each class must have."""
 
+    # Screen: find and drop poisoned training rows before any training (core/screen).
+    screen: bool = True
+    """Screen the training file for poisoned rows and train on the rest; false trains on every row."""
+    screen_fdr: float = Field(0.05, gt=0, lt=1)
+    """Expected share of natural features among the screen's suspects (Benjamini-Hochberg level)."""
+    screen_purity: float = Field(0.6, gt=0, lt=1)
+    """A suspect's label purity must exceed its class's base rate plus this share of the way to 1."""
+    screen_budget: float = Field(0.03, ge=0, lt=1)
+    """Most rows, as a share of the file, removed on suspects the aux rows can neither confirm nor clear."""
+    screen_min_rows: int = Field(5, ge=2)
+    """Fewest untrusted rows a feature needs before the screen tests it."""
+    screen_learned: bool = False
+    """Experimental: after the lexical screen, a cross-fitted one-epoch bait run that drops groups of rows
+    (k-means in the bait model's representation, per class) the trusted aux rows avoid. About one epoch of
+    training; off by default (docs/screen.md: on HiddenKiller it removed as many clean rows as poisoned)."""
+    screen_clusters: int = Field(4, ge=2, le=64)
+    """Clusters per class in the learned screen."""
+
     # Runtime.
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     """auto, cpu, cuda or cuda:N."""
@@ -205,6 +223,7 @@ REFERENCE: dict[str, object] = {
     "aux_batch_size": 32,
     "ga_ref_momentum": 0.0,
     "seed": 42,
+    "screen": False,  # the authors train on every row
 }
 
 # `default`: the reference settings with what the efficacy study found (docs/efficacy.md): a zero-initialised
@@ -214,7 +233,7 @@ REFERENCE: dict[str, object] = {
 # since AdamW scales a small raw share up to full-sized steps once the aligned part is gone.
 # Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
 DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None,
-                              "ga_no_direction": "skip", "mu_max": 0.0}
+                              "ga_no_direction": "skip", "mu_max": 0.0, "method": "vanilla", "screen": True}
 
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
 
@@ -226,7 +245,10 @@ CANARY_FIELDS: tuple[str, ...] = ("canary", "canary_rate", "canary_max_asr", "ca
 # tuned for low-rank updates (LoRA, MSLR); full fine-tuning and the other baselines keep the authors' 2e-5.
 PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
     "reference": {},
-    "default": {m: {"lr": REFERENCE["lr"]} for m in ("vanilla", "ga-only", "adapter", "prefix")},
+    "default": {**{m: {"lr": REFERENCE["lr"]} for m in ("ga-only", "adapter", "prefix")},
+                # the default job: the screen removes the poisoned rows, then a short full fine-tune on the
+                # rest (bench/results/efficacy.md); a short schedule also learns less from what it misses
+                "vanilla": {"lr": REFERENCE["lr"], "epochs": 3}},
 }
 
 # Llama-family settings of the authors' code (r 2, alpha 8, mu_max 0, no gate, batch 16, lr 1e-5, 5 epochs).

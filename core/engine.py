@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Phase = Literal["validating", "loading", "training", "evaluating", "exporting", "done"]
+Phase = Literal["validating", "screening", "loading", "training", "evaluating", "exporting", "done"]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,12 @@ class PreparedData:
     probes: dict[str, list[Example]]
     sources: dict[str, str]  # where select/eval rows came from, as written into metrics.json
     sha256: dict[str, str] = field(default_factory=dict)
+    select_from_aux: bool = False  # select is a slice of the aux file (no --select file)
+
+    @property
+    def trusted(self) -> list[Example]:
+        """The rows of the user's trusted aux file (its select slice included)."""
+        return [*self.aux, *self.select] if self.select_from_aux else list(self.aux)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -126,7 +132,8 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
            [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select)]
            if p is not None}
     sha.update({f"probe:{k}": file_sha256(Path(v)) for k, v in inputs.probe_files.items()})
-    return PreparedData(label_map, target, train, aux, select, eval_rows, probes, sources, sha)
+    return PreparedData(label_map, target, train, aux, select, eval_rows, probes, sources, sha,
+                        select_from_aux=inputs.select is None)
 
 
 def versions() -> dict[str, str]:
@@ -212,6 +219,44 @@ def frequency_tracker(model: Any, tokenizer: Any, data: PreparedData, config: Tr
     return FrequencyHook(tracker, config.frequency_epochs, emit)
 
 
+def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: ProgressCallback,
+               resume: bool = False) -> dict[str, Any] | None:
+    """Drop the rows the screen finds from `data.train` (in place) and write screen.json and removed.tsv.
+
+    It checks suspects against the trusted aux file's rows (a --select file is for choosing the epoch)."""
+    if not config.screen:
+        return None
+    from core.screen.stage import kept, screen_examples, settings_from
+
+    saved = out_dir / "screen" / "screen.json"
+    if resume and saved.is_file():  # the screen is deterministic: a resumed job takes what it found
+        summary = json.loads(saved.read_text())
+        gone = {r["row"] for r in summary.pop("removed")}
+        data.train = [ex for i, ex in enumerate(data.train) if i not in gone]
+        return summary
+
+    emit(ProgressEvent(kind="phase", phase="screening", message="screening the training rows"))
+    report = screen_examples(data.train, data.trusted, settings_from(config), data.label_map.names)
+    if config.screen_learned:
+        from core.models.backbones import resolve_model_source
+        from core.screen.learned import backbone_bait
+        from core.screen.stage import add_learned, learned_settings_from
+
+        emit(ProgressEvent(kind="log", phase="screening", message="learned screen: cross-fitted bait run"))
+        represent = backbone_bait(resolve_model_source(config.model), data.label_map, config)
+        report = add_learned(report, data.train, data.trusted, represent, learned_settings_from(config),
+                             data.label_map.names)
+    report.write(out_dir / "screen")
+    data.train = kept(data.train, report)
+    if len(data.train) == 0:
+        raise DataError("the screen removed every training row; nothing is left to train on "
+                        "(screen: false trains on all rows)", role="train")
+    emit(ProgressEvent(kind="log", phase="screening",
+                       message=f"screen removed {len(report.removed)} of {report.rows_in} rows",
+                       metrics={"screen": report.summary(max_suspects=5)}))
+    return report.summary()
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
@@ -243,6 +288,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     emit(ProgressEvent(kind="phase", phase="validating", message="validating input files"))
     data = validate_inputs(inputs, config)
     emit(ProgressEvent(kind="log", phase="validating", message="inputs valid", metrics=data.summary()))
+
+    screen = run_screen(data, config, out_dir, emit, resume)
 
     emit(ProgressEvent(kind="phase", phase="loading", message=f"loading backbone {config.model}"))
     source = resolve_model_source(config.model)
@@ -300,7 +347,9 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "selection_source": data.sources["select"],
         "scored": scored,
         "head_probe": head_fit,
+        "selection_rows": len(data.select),
         "data": data.summary(),
+        "screen": screen,
     }
     if analysis_files:
         metrics["analysis_files"] = [str(p.relative_to(out_dir)) for p in analysis_files]

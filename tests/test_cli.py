@@ -62,7 +62,7 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "out"
-    assert main(train_args(files, tiny_bert, out)) == 0
+    assert main(train_args(files, tiny_bert, out, "--method", "muscle")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED_KEYS <= set(metrics)
     assert metrics["method"] == "muscle" and metrics["config"]["epochs"] == 2
@@ -245,3 +245,50 @@ def test_settings_lists_every_field_with_both_profiles_and_a_description(capsys:
         head = next(i for i, line in enumerate(lines) if line.split()[0] == name)
         assert "default=" in lines[head] and "reference=" in lines[head]
         assert lines[head + 1].startswith("    ") and info.description.split()[0] in lines[head + 1]
+
+
+def test_default_job_screens_then_trains_on_the_kept_rows(tiny_bert: Path, tmp_path: Path) -> None:
+    from tests.test_screen import corpus, plant, rare_word
+
+    train = plant(corpus(2000), 0.05, 1, rare_word)
+    rows = [{"text": ex.text, "label": ex.label, "poisoned": int(bool(ex.poisoned))} for ex in train]
+    paths = {"train": write_tsv(tmp_path / "train.tsv", rows),
+             "aux": write_tsv(tmp_path / "aux.tsv", [{"text": e.text, "label": e.label} for e in corpus(100, seed=9)]),
+             "eval": write_tsv(tmp_path / "eval.tsv", [{"text": e.text, "label": e.label} for e in corpus(60, seed=8)])}
+    out = tmp_path / "out"
+    args = ["train", "--train", str(paths["train"]), "--aux", str(paths["aux"]), "--eval", str(paths["eval"]),
+            "--model", str(tiny_bert), "--epochs", "1", "--batch-size", "64", "--max-length", "24",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    screen = metrics["screen"]
+    assert metrics["method"] == "vanilla" and screen["rows_in"] == 2000
+    assert screen["recall"] == 1.0 and screen["false_removal_rate"] <= 0.01
+    assert screen["rows_kept"] == 2000 - screen["rows_removed"]
+    assert metrics["data"]["rows"]["train"] == screen["rows_kept"]  # trained on the kept rows only
+    assert screen["clusters"] == []  # the learned screen is opt-in
+    removed = (out / "screen" / "removed.tsv").read_text().splitlines()
+    assert len(removed) == screen["rows_removed"] + 1
+    assert metrics["selection_rows"] == metrics["data"]["rows"]["select"]
+
+    # screen: false trains on every row
+    off = tmp_path / "off"
+    assert main([*args[:-2], str(off), "--no-progress", "--set", "screen=false"]) == 0
+    metrics_off = json.loads((off / "metrics.json").read_text())
+    assert metrics_off["screen"] is None and metrics_off["data"]["rows"]["train"] == 2000
+
+
+def test_learned_screen_runs_its_bait_when_asked(tiny_bert: Path, tmp_path: Path) -> None:
+    from tests.test_screen import corpus
+
+    train = write_tsv(tmp_path / "train.tsv", [{"text": e.text, "label": e.label} for e in corpus(400)])
+    aux = write_tsv(tmp_path / "aux.tsv", [{"text": e.text, "label": e.label} for e in corpus(60, seed=9)])
+    out = tmp_path / "out"
+    assert main(["train", "--train", str(train), "--aux", str(aux), "--model", str(tiny_bert), "--epochs", "1",
+                 "--batch-size", "64", "--max-length", "24", "--out", str(out), "--no-progress",
+                 "--set", "screen_learned=true", "--set", "screen_clusters=2"]) == 0
+    screen = json.loads((out / "metrics.json").read_text())["screen"]
+    # two folds x two classes x two clusters, each with its trusted count and test
+    assert len(screen["clusters"]) == 8
+    assert all(0 <= c["p_value"] <= 1 and c["trusted"] <= c["trusted_of_class"] for c in screen["clusters"])
+    assert screen["settings"]["learned"]["clusters"] == 2

@@ -14,7 +14,12 @@ def test_reference_is_the_authors_settings_for_every_method() -> None:
 
 
 def test_default_keeps_full_fine_tuning_at_the_authors_lr() -> None:
-    assert resolve_config("default").lr == DEFAULT["lr"]
+    # the default job screens the rows, then fine-tunes fully for 3 epochs at the authors' lr
+    default = resolve_config("default")
+    assert (default.method, default.epochs, default.lr, default.screen) == ("vanilla", 3, REFERENCE["lr"], True)
+    assert resolve_config("reference").screen is False  # the authors train on every row
+    assert resolve_config("default", {"method": "muscle"}).lr == DEFAULT["lr"]
+    assert resolve_config("default", {"method": "muscle"}).epochs == REFERENCE["epochs"]
     # the authors keep the raw gradient where the clean one vanished; the default drops it (finding 7)
     assert (resolve_config("reference").ga_no_direction, resolve_config("default").ga_no_direction) == (
         "keep_raw", "skip")

@@ -252,8 +252,8 @@ def test_epoch_records_from_a_real_checkpoint_and_the_grid(tiny, tmp_path: Path)
     from tests.test_training_loop import AUX, PROBE, SELECT, TRAIN
     from tests.tiny_models import TinyLabels
 
-    cfg = resolve_config("default").model_copy(update={
-        "method": "muscle", "epochs": 3, "fixed_epoch": 2, "batch_size": 8, "aux_batch_size": 4,
+    cfg = resolve_config("default", {"method": "muscle"}).model_copy(update={
+        "epochs": 3, "fixed_epoch": 2, "batch_size": 8, "aux_batch_size": 4,
         "eval_batch_size": 4, "max_length": 32, "device": "cpu"})
     model, tok = load_backbone(str(tiny("bert")), TinyLabels(2), seed=42)
     model = apply_defense(model, cfg, "bert")

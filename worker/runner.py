@@ -149,6 +149,11 @@ class JobRunner:
             self.store.put_file(prefix + archive.name, archive)
             artifacts[name] = {"key": prefix + archive.name, "filename": f"{job_id}-{name}.tar.gz",
                                "bytes": size, "sha256": sha}
+        removed = Path(result.out_dir) / "screen" / "removed.tsv"  # the rows the screen took out
+        if removed.is_file():
+            self.store.put_file(prefix + "screen.tsv", removed)
+            artifacts["screen"] = {"key": prefix + "screen.tsv", "filename": f"{job_id}-screen.tsv",
+                                   "bytes": removed.stat().st_size, "sha256": sha256_file(removed)}
         report = Path(result.out_dir) / "metrics.json"
         if not report.is_file():
             report = work / "metrics.json"

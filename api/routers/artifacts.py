@@ -16,12 +16,14 @@ from core.jobs.artifacts import ArtifactNotFound
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
 
-def _artifact(db, key, store, job_id: str, name: Literal["model", "adapter", "analysis", "report"]) -> dict:
+def _artifact(db, key, store, job_id: str,
+              name: Literal["model", "adapter", "analysis", "report", "screen"]) -> dict:
     job = owned_job(db, key, job_id)
     meta = (job.artifacts or {}).get(name)
     if meta is None:
         hint = ("the job has not succeeded" if job.status != "succeeded" else
                 "the job did not ask for the frequency analysis (config frequency_every)" if name == "analysis"
+                else "the job ran with screen: false" if name == "screen"
                 else f"method {job.config.get('method')!r} produces no {name}")
         raise ApiError(404, "artifact_not_available", f"no {name} for this job: {hint}", param=name)
     return meta
@@ -82,3 +84,17 @@ def download_report(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Res
     headers.pop("Content-Length")
     headers["Content-Disposition"] = headers["Content-Disposition"].replace("attachment", "inline")
     return Response(body, media_type="application/json", headers=headers)
+
+
+@router.get("/{job_id}/screen", responses={200: {"content": {"text/tab-separated-values": {}}}, **ERRORS})
+def download_screen(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Response:
+    """The training rows the screen removed, as TSV: row (0-based data row), line, rule, feature, score,
+    text, label. A header alone when it removed none."""
+    meta = _artifact(db, key, store, job_id, "screen")
+    try:
+        body = store.get_bytes(meta["key"])
+    except ArtifactNotFound as exc:
+        raise ApiError(404, "artifact_not_available", "the screen's file is missing from the store") from exc
+    headers = _headers(meta)
+    headers.pop("Content-Length")
+    return Response(body, media_type="text/tab-separated-values; charset=utf-8", headers=headers)

@@ -38,8 +38,8 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-SUMMARY_KEYS = ("cacc", "asr", "best_epoch", "per_epoch", "cacc_source", "selection_source", "wall_seconds",
-                "train_seconds")
+SUMMARY_KEYS = ("cacc", "asr", "best_epoch", "per_epoch", "cacc_source", "selection_source", "selection_rows",
+                "screen", "wall_seconds", "train_seconds")
 
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:

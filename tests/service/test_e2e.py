@@ -54,7 +54,7 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, dataset: dict[str, Path],
                                                                   tiny_model: Path, tmp_path: Path) -> None:
     started = time.monotonic()
-    job_id = post(stack, dataset, config(tiny_model, frequency_every=4))
+    job_id = post(stack, dataset, config(tiny_model, method="muscle", frequency_every=4))
     job = stack.wait(job_id)
     elapsed = time.monotonic() - started
     assert job["status"] == "succeeded", (job["error"], stack.log())
@@ -81,6 +81,12 @@ def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, d
         adapter = c.get(f"/jobs/{job_id}/adapter")
         assert adapter.status_code == 200
         assert hashlib.sha256(adapter.content).hexdigest() == job["artifacts"]["adapter"]["sha256"]
+        screen = c.get(f"/jobs/{job_id}/screen")
+        assert screen.status_code == 200 and screen.headers["content-type"].startswith("text/tab-separated")
+        assert hashlib.sha256(screen.content).hexdigest() == job["artifacts"]["screen"]["sha256"]
+        removed = screen.text.splitlines()
+        assert removed[0].split("\t") == ["row", "line", "rule", "feature", "score", "text", "label"]
+        assert len(removed) - 1 == metrics["screen"]["rows_removed"]
         analysis = c.get(f"/jobs/{job_id}/analysis")
         assert analysis.status_code == 200
         with tarfile.open(fileobj=io.BytesIO(analysis.content)) as tar:

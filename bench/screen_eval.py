@@ -1,0 +1,64 @@
+"""The lexical screen's recall and false removals per attack and rate, in seconds, against `poisoned`.
+
+    .venv/bin/python bench/screen_data.py && .venv/bin/python bench/screen_eval.py [--set screen_budget=0.05]
+Writes bench/results/screen_lexical.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.grid import DEFAULT_DATA  # noqa: E402
+from bench.screen_data import ATTACKS, OUT, train_path  # noqa: E402
+from core.config import resolve_config  # noqa: E402
+from core.data.dataset import load_examples  # noqa: E402
+from core.data.labels import LabelMap  # noqa: E402
+from core.screen.stage import screen_examples, settings_from  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "screen_lexical.json"
+
+
+def evaluate(path: Path, aux_path: Path, config) -> dict:
+    labels = LabelMap.from_labels(["0", "1"])
+    train = load_examples(path, labels, role="train")
+    aux = load_examples(aux_path, labels, role="aux")
+    report = screen_examples(train, aux, settings_from(config), labels.names)
+    s = report.summary(max_suspects=8)
+    return {"rows": s["rows_in"], "removed": s["rows_removed"], "recall": s.get("recall"),
+            "false_removal_rate": s.get("false_removal_rate"), "clean_removed": s.get("clean_removed"),
+            "poisoned": s.get("poisoned_rows"), "seconds": s["seconds"],
+            "suspects": [(x["feature"], x["label_rows"], x["rows"], x["verdict"], x["removed"])
+                         for x in s["suspects"]]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rates", default="0.01,0.03,0.1")
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    config = resolve_config("default", overrides)
+    results = {"settings": settings_from(config).__dict__, "files": {}}
+    rows = [("clean sst2", DEFAULT_DATA / "sst2" / "train.tsv")]
+    rows += [(f"{a} {r}", train_path(a, float(r))) for a in ATTACKS for r in args.rates.split(",")]
+    print(f"{'file':22} {'rows':>5} {'poison':>6} {'removed':>7} {'recall':>6} {'FRR':>6} {'s':>5}")
+    for name, path in rows:
+        res = evaluate(path, OUT / "aux.tsv", config)
+        results["files"][name] = res
+        rec = "-" if res["recall"] is None else f"{100 * res['recall']:.1f}"
+        frr = "-" if res["false_removal_rate"] is None else f"{100 * res['false_removal_rate']:.2f}"
+        print(f"{name:22} {res['rows']:5} {res['poisoned'] or 0:6} {res['removed']:7} {rec:>6} {frr:>6} "
+              f"{res['seconds']:5.1f}  {res['suspects'][:4]}")
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""The screen stage: find the poisoned rows of an untrusted training set and split it into kept and removed."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from core.data.dataset import Example
+from core.errors import ConfigError
+from core.screen.learned import LearnedSettings, bait_clusters
+from core.screen.lexical import LexicalSettings, choose_removals, find_suspects
+from core.screen.report import RemovedRow, ScreenReport
+
+
+def settings_from(config: Any) -> LexicalSettings:
+    """The screen's settings from a TrainConfig (fields screen_fdr, screen_purity, screen_budget,
+    screen_min_rows)."""
+    return LexicalSettings(fdr=config.screen_fdr, purity=config.screen_purity, budget=config.screen_budget,
+                           min_rows=config.screen_min_rows)
+
+
+def learned_settings_from(config: Any) -> LearnedSettings:
+    return LearnedSettings(clusters=config.screen_clusters, fdr=config.screen_fdr, seed=config.seed)
+
+
+def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: LexicalSettings,
+                    label_names: Sequence[str] | None = None) -> ScreenReport:
+    """Screen `train` (untrusted) against `aux` (trusted clean). Row numbers are indices into `train`."""
+    if not train:
+        raise ConfigError("the screen needs at least one training row")
+    started = time.perf_counter()
+    labels = [ex.label for ex in train]
+    suspects, features = find_suspects([ex.text for ex in train], labels, [ex.text for ex in aux],
+                                       [ex.label for ex in aux], settings)
+    suspects, removed = choose_removals(suspects, features, labels, settings.budget)
+
+    def name(label: int) -> str:
+        return label_names[label] if label_names is not None else str(label)
+
+    rows = [RemovedRow(row=i, line=train[i].line, rule=s.rule, feature=s.feature, score=s.score,
+                       text=train[i].text, label=name(train[i].label)) for i, s in sorted(removed.items())]
+    report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=asdict(settings),
+                          seconds=time.perf_counter() - started)
+    report.truth = against_truth(train, set(removed))
+    return report
+
+
+def against_truth(train: Sequence[Example], removed: set[int]) -> dict[str, Any] | None:
+    """Recall and false removals against the file's `poisoned` column, when every row has one."""
+    if not train or any(ex.poisoned is None for ex in train):
+        return None
+    poisoned = {i for i, ex in enumerate(train) if ex.poisoned}
+    clean = len(train) - len(poisoned)
+    return {
+        "poisoned_rows": len(poisoned),
+        "poisoned_removed": len(poisoned & removed),
+        "recall": round(len(poisoned & removed) / len(poisoned), 4) if poisoned else None,
+        "clean_removed": len(removed - poisoned),
+        "false_removal_rate": round(len(removed - poisoned) / clean, 4) if clean else None,
+    }
+
+
+def add_learned(report: ScreenReport, train: Sequence[Example], trusted: Sequence[Example], represent: Any,
+                settings: LearnedSettings, label_names: Sequence[str] | None = None) -> ScreenReport:
+    """Run the learned screen on the rows the lexical one kept and add what it flags (rule `learned`)."""
+    started = time.perf_counter()
+    gone = report.removed_rows
+    rest = [i for i in range(len(train)) if i not in gone]
+    clusters = bait_clusters([train[i] for i in rest], trusted, represent, settings)
+    added = []
+    for cl in clusters:
+        if not cl.flagged:
+            continue
+        score = -math.log10(max(cl.p_value, 1e-300))
+        for j in cl.rows:
+            i = rest[j]
+            label = label_names[train[i].label] if label_names is not None else str(train[i].label)
+            added.append(RemovedRow(row=i, line=train[i].line, rule="learned",
+                                    feature=f"cluster of {len(cl.rows)} rows, {cl.trusted}/{cl.trusted_of_class} "
+                                            "trusted", score=score, text=train[i].text, label=label))
+    report.removed = sorted([*report.removed, *added], key=lambda r: r.row)
+    report.clusters = clusters
+    report.settings = {**report.settings, "learned": asdict(settings)}
+    report.seconds += time.perf_counter() - started
+    report.truth = against_truth(train, report.removed_rows)
+    return report
+
+
+def kept(train: Sequence[Example], report: ScreenReport) -> list[Example]:
+    gone = report.removed_rows
+    return [ex for i, ex in enumerate(train) if i not in gone]
