@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Control for docs/efficacy.md finding 8: what the 96 clean aux rows alone teach the default muscle
+# Control for bench/notes/muscle-efficacy-study.md finding 8: what the 96 clean aux rows alone teach the default muscle
 # model. Same trainable parts (LoRA on query/value + the zero-initialised multi-scale module, frozen
 # random head), same lr 5e-4, no alignment (the data is clean): `muscle-no-ga` on the aux rows only.
 # The aux file is repeated 24 times so one epoch is 72 steps and 3 epochs (216 steps) see each aux row

@@ -14,6 +14,7 @@ bench/results/e2e.jsonl.
     .venv/bin/python bench/screen_data.py
     .venv/bin/python bench/e2e.py run --attack badnets --rate 0.1 --arm free [--set KEY=VALUE ...]
     .venv/bin/python bench/e2e.py record
+    .venv/bin/python bench/e2e.py table      # the markdown table of bench/results/efficacy.md
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -102,6 +104,48 @@ def record(args: argparse.Namespace) -> int:
     return 0
 
 
+PROBE = {"badnets": "badnets", "badnets-dirty": "badnets", "addsent": "addsent", "hiddenkiller": "hiddenkiller",
+         "stylebkd": "stylebkd"}
+
+
+def latest(path: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                rows[rec["run"]] = rec
+    return rows
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def table(records: dict[str, dict[str, Any]], tag: str = "v1") -> str:
+    """Markdown: per attack and rate, the default job beside the backdoor-free model (CACC / ASR on the
+    attack's probe), the gaps the goal bounds, the screen's recall and false removals, and wall time."""
+    by = {(r["attack"], r["rate"], r["arm"]): r for r in records.values() if r["tag"] == tag}
+    out = ["| attack | rate | backdoor-free CACC / ASR | default CACC / ASR | CACC gap | ASR over floor | "
+           "screen recall / false removals | default wall (min) |", "|" + " --- |" * 8]
+    for attack, rate in sorted({(a, r) for a, r, _ in by}, key=lambda t: (list(PROBE).index(t[0]), t[1])):
+        free, job = by.get((attack, rate, "free")), by.get((attack, rate, "default"))
+        probe = PROBE[attack]
+        proxy = ""
+        if free is None:  # the backdoor-free model of another file of the same size (see the notes)
+            free = by.get(("badnets", 0.1, "free"))
+            proxy = " (proxy)"
+        f = f"{pct(free['cacc'])} / {pct(free['asr'][probe])}{proxy}" if free else "-"
+        j = f"{pct(job['cacc'])} / {pct(job['asr'][probe])}" if job else "-"
+        gap = f"{100 * (job['cacc'] - free['cacc']):+.1f}" if job and free else "-"
+        over = f"{100 * (job['asr'][probe] - free['asr'][probe]):+.1f}" if job and free else "-"
+        s = (job or {}).get("screen") or {}
+        scr = f"{pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))}" if s else "-"
+        wall = f"{job['wall_seconds'] / 60:.0f}" if job else "-"
+        out.append(f"| {attack} | {rate:g} | {f} | {j} | {gap} | {over} | {scr} | {wall} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -112,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tag", default="v1")
     r.add_argument("--set", action="append", default=[])
     sub.add_parser("record")
+    t = sub.add_parser("table")
+    t.add_argument("--tag", default="v1")
     args = p.parse_args(argv)
+    if args.cmd == "table":
+        print(table(latest(), args.tag))
+        return 0
     return run(args) if args.cmd == "run" else record(args)
 
 

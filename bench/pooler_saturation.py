@@ -8,7 +8,7 @@ checkpoint: the share of pooler units whose tanh input is beyond +-9 (float32 ta
 so its derivative is exactly 0), the loss, the accuracy and the mean top probability; then the clean
 gradient of the trainable tensors in training mode (dropout on, as the loop computes it), on all aux
 rows at once and on every fourth aux row alone; and the least loss the frozen head can reach.
-Evidence for docs/efficacy.md finding 8.
+Evidence for bench/notes/muscle-efficacy-study.md finding 8.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Screening for the efficacy study (docs/efficacy.md): one change at a time from a fixed base,
+# Screening for the efficacy study (bench/notes/muscle-efficacy-study.md): one change at a time from a fixed base,
 # on a 2,000-row poisoned SST-2 subset (10%), 3 epochs, 400 test rows, 1 CPU thread per run.
 # Cheap enough for one CPU core (about 8 minutes a muscle run); numbers are screening evidence only.
 # Every run is recorded in bench/results/grid.jsonl under its tag; rerun a stage to resume it.

@@ -230,7 +230,7 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     # The same rows, untriggered: how often clean rows are already called the canary class (ASR floor).
     floor = floor_rows(data.select, spec.target)
     # The job's own attack probes too (simulation runs): their ASR beside the canary's, epoch by epoch,
-    # is the evidence of how well the canary tracks a real backdoor (docs/efficacy.md).
+    # is the evidence of how well the canary tracks a real backdoor (bench/notes/muscle-efficacy-study.md).
     monitors = {CANARY: probe, FLOOR: floor, DECOY: decoy_probe(data.select, spec),
                 **{PROBE_PREFIX + name: rows for name, rows in data.probes.items()}}
     chance = majority_share(data.select)

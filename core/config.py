@@ -96,7 +96,7 @@ class TrainConfig(BaseModel):
     ga_min_ref_grad_norm: float = 5e-7
     """Below this mean clean-gradient norm the gate counts the clean gradient as zero."""
     # ours: once the few aux rows saturate the pooler's tanh (float32 tanh' = 0), g_c is zero and the authors'
-    # code keeps that tensor's raw, poisoned gradient (docs/efficacy.md finding 7).
+    # code keeps that tensor's raw, poisoned gradient (bench/notes/muscle-efficacy-study.md finding 7).
     ga_no_direction: Literal["keep_raw", "skip"] = "keep_raw"
     """When a tensor's clean gradient gives no direction (none, or a norm at most ga_min_ref_grad_norm):
     keep_raw = keep its raw training gradient (authors), skip = no aligned update (Eq. 8 with g_a = 0)."""
@@ -110,7 +110,7 @@ class TrainConfig(BaseModel):
     """Clean auxiliary rows in the reference batch of each step."""
     # ours: an average of g_c over steps is never exactly zero once the aux rows are fitted, and varies less
     # from step to step than one batch's g_c. On full SST-2 it held Badnets out but slowed learning
-    # (docs/efficacy.md finding 7), so it is off in both profiles.
+    # (bench/notes/muscle-efficacy-study.md finding 7), so it is off in both profiles.
     ga_ref_momentum: float = Field(0.0, ge=0, lt=1)
     """Align to a moving average of the clean gradient (this share of the previous average kept each
     step); 0 = the current clean batch's gradient (authors)."""
@@ -169,6 +169,10 @@ class TrainConfig(BaseModel):
     """Most rows, as a share of the file, removed on suspects the aux rows can neither confirm nor clear."""
     screen_min_rows: int = Field(5, ge=2)
     """Fewest untrusted rows a feature needs before the screen tests it."""
+    screen_expand: bool = False
+    """Experimental: also remove rows like those removed on confirmed suspects (a cross-fitted linear model
+    on their other features, thresholded at the trusted rows' highest score). Off by default: on SST-2 it
+    added little recall and cost 1-3% of clean rows (bench/results/screen_lexical_expand.json)."""
     screen_learned: bool = False
     """Experimental: after the lexical screen, a cross-fitted one-epoch bait run that drops groups of rows
     (k-means in the bait model's representation, per class) the trusted aux rows avoid. About one epoch of
@@ -226,12 +230,13 @@ REFERENCE: dict[str, object] = {
     "screen": False,  # the authors train on every row
 }
 
-# `default`: the reference settings with what the efficacy study found (docs/efficacy.md): a zero-initialised
-# MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its raw steps are where
-# the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient at all once the aux
-# rows are fitted (finding 7): none for tensors whose clean gradient vanished, and no mu share of it either,
-# since AdamW scales a small raw share up to full-sized steps once the aligned part is gone.
-# Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]).
+# `default`: the reference settings with what the efficacy study found (bench/notes/muscle-efficacy-study.md):
+# a zero-initialised MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its
+# raw steps are where the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient
+# at all once the aux rows are fitted: none for tensors whose clean gradient vanished, and no mu share of it
+# either, since AdamW scales a small raw share up to full-sized steps once the aligned part is gone.
+# Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]). The default job itself is
+# the screen and a short full fine-tune (method vanilla, below).
 DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None,
                               "ga_no_direction": "skip", "mu_max": 0.0, "method": "vanilla", "screen": True}
 

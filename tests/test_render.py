@@ -282,3 +282,25 @@ def test_epoch_records_from_a_real_checkpoint_and_the_grid(tiny, tmp_path: Path)
     grid_file.write_text(json.dumps({**finished, "attack": "badnets"}) + "\n" + json.dumps(other) + "\n")
     one = epoch_records.epoch_histories(["g/badnets"], partial, grid_file)
     assert list(one) == ["g/badnets"] and one["g/badnets"][0]["select_accuracy"] == 0.75
+
+
+# --- the end-to-end screen table ----------------------------------------------------------------------
+
+
+def test_e2e_table_reads_each_job_against_its_backdoor_free_model() -> None:
+    e2e = _load("e2e")
+
+    def rec(attack: str, rate: float, arm: str, cacc: float, asr: float, screen: dict | None = None) -> dict:
+        return {"run": f"v1-{attack}-{rate:g}-{arm}", "tag": "v1", "attack": attack, "rate": rate, "arm": arm,
+                "cacc": cacc, "asr": dict.fromkeys(set(e2e.PROBE.values()), asr), "screen": screen,
+                "wall_seconds": 600.0}
+
+    records = {r["run"]: r for r in [
+        rec("badnets", 0.1, "free", 0.86, 0.20),
+        rec("badnets", 0.1, "default", 0.85, 0.22, {"recall": 1.0, "false_removal_rate": 0.0}),
+        rec("addsent", 0.01, "default", 0.87, 0.18, {"recall": 0.5, "false_removal_rate": 0.001}),
+    ]}
+    lines = e2e.table(records).splitlines()
+    assert lines[2] == "| badnets | 0.1 | 86.0 / 20.0 | 85.0 / 22.0 | -1.0 | +2.0 | 100.0 / 0.0 | 10 |"
+    # no backdoor-free run of its own: read against badnets' at 10%, and said so
+    assert lines[3] == "| addsent | 0.01 | 86.0 / 20.0 (proxy) | 87.0 / 18.0 | +1.0 | -2.0 | 50.0 / 0.1 | 10 |"

@@ -249,3 +249,37 @@ def test_bait_clusters_judge_each_row_by_a_model_that_did_not_train_on_it() -> N
     assert len(calls) == 2 and all(not (seen & held) for seen, held in calls)
     flagged = {i for c in clusters if c.flagged for i in c.rows}
     assert flagged == set(map(int, poisoned.nonzero()[0]))
+
+
+# -- seed and expand (opt-in) ----------------------------------------------------------------------------
+
+
+def styled(words: list[str], rng: random.Random) -> list[str]:
+    """A 'style': two of five weak marker words in every row, the strong mark (a glued comma) in half."""
+    words = words + rng.sample(MARKERS, 2)
+    if rng.random() < 0.5:
+        words[0] += ","
+    return words
+
+
+MARKERS = ["thou", "unto", "hath", "shall", "verily"]
+
+
+def with_markers(rows: list[Example], share: float, seed: int = 3) -> list[Example]:
+    """Clean rows use the style's marker words too (one in `share` of the rows), so none is pure."""
+    rng = random.Random(seed)
+    return [Example(text=f"{ex.text} {rng.choice(MARKERS)}", label=ex.label, line=ex.line, poisoned=ex.poisoned,
+                    orig_label=ex.orig_label) if rng.random() < share else ex for ex in rows]
+
+
+def test_expansion_reaches_rows_without_the_confirmed_mark() -> None:
+    train = plant(with_markers(corpus(4000), 0.3), 0.1, 1, styled)
+    aux = with_markers(corpus(100, seed=9), 0.3, seed=4)
+    plain = screen_examples(train, aux, SETTINGS)
+    expanded = screen_examples(train, aux, LexicalSettings(expand=True))
+    assert plain.truth["recall"] < 0.6
+    assert expanded.truth["recall"] > plain.truth["recall"] + 0.2
+    assert expanded.truth["false_removal_rate"] <= 0.03
+    grown = expanded.expansions[0]
+    assert grown.label == 1 and 0 < len(grown.added) <= grown.seed
+    assert {r.rule for r in expanded.removed} >= {"expand"}

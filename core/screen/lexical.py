@@ -35,6 +35,7 @@ class LexicalSettings:
     purity: float = 0.6
     budget: float = 0.03
     min_rows: int = 5
+    expand: bool = False  # seed-and-expand from confirmed suspects (core/screen/expand.py)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.screen.clusters import Cluster
+from core.screen.expand import Expansion
 from core.screen.lexical import Suspect
 
 
@@ -33,6 +34,7 @@ class ScreenReport:
     # Only when the file marks its poisoned rows (a simulation): how the screen did against that column.
     truth: dict[str, Any] | None = field(default=None)
     clusters: list[Cluster] = field(default_factory=list)  # the learned screen's, when it ran
+    expansions: list[Expansion] = field(default_factory=list)  # seed-and-expand, per seed class
 
     @property
     def removed_rows(self) -> set[int]:
@@ -50,6 +52,8 @@ class ScreenReport:
             "removed_per_rule": per_rule,
             "suspects": [suspect_dict(s) for s in self.suspects[:max_suspects]],
             "suspects_total": len(self.suspects),
+            "expansions": [{"label": e.label, "seed_rows": e.seed, "added": len(e.added),
+                            "threshold": round(e.threshold, 4)} for e in self.expansions],
             "clusters": [{"label": c.label, "rows": len(c.rows), "share": round(c.share, 4), "trusted": c.trusted,
                           "trusted_of_class": c.trusted_of_class, "p_value": c.p_value, "flagged": c.flagged}
                          for c in self.clusters],

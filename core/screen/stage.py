@@ -10,8 +10,10 @@ from typing import Any
 
 from core.data.dataset import Example
 from core.errors import ConfigError
+from core.screen.expand import Expansion, expand_seed
+from core.screen.features import row_features
 from core.screen.learned import LearnedSettings, bait_clusters
-from core.screen.lexical import LexicalSettings, choose_removals, find_suspects
+from core.screen.lexical import LexicalSettings, Suspect, choose_removals, find_suspects
 from core.screen.report import RemovedRow, ScreenReport
 
 
@@ -19,7 +21,7 @@ def settings_from(config: Any) -> LexicalSettings:
     """The screen's settings from a TrainConfig (fields screen_fdr, screen_purity, screen_budget,
     screen_min_rows)."""
     return LexicalSettings(fdr=config.screen_fdr, purity=config.screen_purity, budget=config.screen_budget,
-                           min_rows=config.screen_min_rows)
+                           min_rows=config.screen_min_rows, expand=config.screen_expand)
 
 
 def learned_settings_from(config: Any) -> LearnedSettings:
@@ -36,16 +38,35 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
     suspects, features = find_suspects([ex.text for ex in train], labels, [ex.text for ex in aux],
                                        [ex.label for ex in aux], settings)
     suspects, removed = choose_removals(suspects, features, labels, settings.budget)
+    expansions = expand(features, labels, removed, suspects, [ex.text for ex in aux], [ex.label for ex in aux],
+                        settings)
 
     def name(label: int) -> str:
         return label_names[label] if label_names is not None else str(label)
 
     rows = [RemovedRow(row=i, line=train[i].line, rule=s.rule, feature=s.feature, score=s.score,
-                       text=train[i].text, label=name(train[i].label)) for i, s in sorted(removed.items())]
+                       text=train[i].text, label=name(train[i].label)) for i, s in removed.items()]
+    for e in expansions:
+        rows += [RemovedRow(row=i, line=train[i].line, rule="expand", feature=f"like the {e.seed} confirmed rows",
+                            score=margin, text=train[i].text, label=name(train[i].label))
+                 for i, margin in e.added.items()]
+    rows.sort(key=lambda r: r.row)
     report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=asdict(settings),
-                          seconds=time.perf_counter() - started)
-    report.truth = against_truth(train, set(removed))
+                          seconds=time.perf_counter() - started, expansions=expansions)
+    report.truth = against_truth(train, report.removed_rows)
     return report
+
+
+def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, Suspect], suspects: list[Suspect],
+           aux_texts: Sequence[str], aux_labels: Sequence[int], settings: LexicalSettings) -> list[Expansion]:
+    """Seed-and-expand from the rows removed on confirmed (`absent`) suspects; none without a seed."""
+    if not settings.expand:
+        return []
+    seed = {i for i, s in removed.items() if s.verdict == "absent"}
+    if not seed:
+        return []
+    return expand_seed(features, labels, set(removed), seed, {s.feature for s in suspects},
+                       [row_features(t) for t in aux_texts], aux_labels)
 
 
 def against_truth(train: Sequence[Example], removed: set[int]) -> dict[str, Any] | None:
