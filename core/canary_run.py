@@ -50,7 +50,7 @@ CANARY = "canary"  # monitor: triggered select rows (accuracy = canary ASR)
 FLOOR = "canary_floor"  # monitor: the same rows untriggered (share of clean rows already called target)
 DECOY = "canary_decoy"  # monitor: the same rows with never-planted decoy tokens (the lift's baseline)
 PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has any
-PUBLIC_EXTRA = ("chance_accuracy", "warning")  # report fields kept in `extra`
+PUBLIC_EXTRA = ("chance_accuracy", "warning", "screen")  # report fields kept in `extra`
 CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
 # Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
 NOT_IN_GRID = frozenset({*CANARY_FIELDS, "fixed_epoch", "profile", "model", "target_label", "select_fraction",
@@ -223,6 +223,7 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     num_labels = len(data.label_map.id2label)
     planted, spec = plant_canary(data.train, num_labels, config.canary_rate, config.seed, secret=secret,
                                  avoid_texts=[e.text for e in (*data.aux, *data.select)])
+    screen_check = screen_finds_canary(planted, data, config)
     probe = canary_probe(data.select, spec)
     if not probe:
         raise ConfigError("canary calibration: every selection row has the canary's class; the canary "
@@ -288,7 +289,8 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
         candidates=results, reason=reason, spec=spec.public(), chosen=chosen,
         max_asr=config.canary_max_asr, probe_rows=len(probe),
         target_label=str(data.label_map.id2label[spec.target]),
-        extra={"chance_accuracy": chance, **_chance_warning(best["select_accuracy"], chance)})
+        extra={"chance_accuracy": chance, **_chance_warning(best["select_accuracy"], chance),
+               **({"screen": screen_check} if screen_check is not None else {})})
     _write_json_atomic(report_path, {"fingerprint": fingerprint,
                                      "config": report.config.model_dump(mode="json"),
                                      "report": report.to_dict()})
@@ -302,6 +304,21 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
                        metrics={"canary_asr": report.canary_asr, "epoch": report.epoch,
                                 "settings": best["settings"]}))
     return report
+
+
+def screen_finds_canary(planted: list[Example], data: PreparedData, config: TrainConfig) -> dict[str, Any] | None:
+    """The canary measures the screen too: run the lexical screen on the canary-planted copy (the job's own
+    training rows, already screened, plus the canary) and say how many canary rows it removed."""
+    if not config.screen:
+        return None
+    from core.screen.stage import screen_examples, settings_from
+
+    report = screen_examples(planted, data.trusted, settings_from(config))
+    canary = {i for i, (ex, was) in enumerate(zip(planted, data.train, strict=True)) if ex.text != was.text}
+    removed = len(canary & report.removed_rows)
+    return {"canary_rows": len(canary), "canary_rows_removed": removed,
+            "found": bool(canary) and removed >= len(canary) / 2,
+            "other_rows_removed": len(report.removed_rows - canary)}
 
 
 def majority_share(rows: list[Example]) -> float | None:

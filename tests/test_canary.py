@@ -282,7 +282,7 @@ def _attack_probe() -> list[Example]:
 def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     data = _data({"badnets": _attack_probe()})
     cfg = _cfg(epochs=2, canary=True, canary_rate=0.2, canary_max_asr=0.5,
-               canary_grid={"lr": [1e-3, 3e-3]})
+               canary_grid={"lr": [1e-3, 3e-3]}, screen=True)
     built: list[TrainConfig] = []
 
     def factory(candidate: TrainConfig) -> torch.nn.Module:
@@ -312,6 +312,9 @@ def test_calibrate_with_canary_end_to_end(tiny: Path, tmp_path: Path) -> None:
     lo, hi = public["canary_asr_ci95"]
     assert lo <= report.canary_asr <= hi and hi - lo > 0.3  # 4 probe rows: a wide interval
     assert public["canary_floor"] == best["canary_floor"]
+    # the screen ran on the planted copy: 4 canary rows are too few for its tests (at least 5 rows)
+    assert public["screen"] == {"canary_rows": 4, "canary_rows_removed": 0, "found": False,
+                                "other_rows_removed": 0}
     # The job's own probe is read beside the canary in every epoch (how well the canary tracks it).
     assert all(set(r["probe_asr"]) == {"badnets"} for c in report.candidates for r in c["per_epoch"])
     assert all(r["probe_asr"]["badnets"] in (0, 0.25, 0.5, 0.75, 1.0) for r in best["per_epoch"])  # 4 rows
@@ -348,3 +351,18 @@ def test_maybe_calibrate_is_a_no_op_without_canary(tmp_path: Path) -> None:
     cfg = _cfg()
     assert maybe_calibrate(cfg, _data(), "unused", "bert", None, tmp_path) == (cfg, None)
     assert not (tmp_path / "canary").exists()
+
+
+def test_the_canary_measures_the_screen() -> None:
+    from core.canary_run import screen_finds_canary
+    from tests.test_screen import corpus
+
+    rows = corpus(2000)
+    label_map = LabelMap.from_labels(["0", "1"])
+    data = PreparedData(label_map, 1, rows, corpus(100, seed=9), [], corpus(50, seed=8), {},
+                        {"select": "test", "cacc": "test"})
+    planted, spec = plant_canary(rows, 2, 0.05, 42, secret=SECRET)
+    found = screen_finds_canary(planted, data, _cfg(screen=True))
+    assert found == {"canary_rows": spec.rows_planted, "canary_rows_removed": spec.rows_planted, "found": True,
+                     "other_rows_removed": 0}
+    assert screen_finds_canary(planted, data, _cfg(screen=False)) is None
