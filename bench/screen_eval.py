@@ -37,12 +37,29 @@ def evaluate(path: Path, aux_path: Path, config) -> dict:
                          for x in s["suspects"]]}
 
 
+def markdown(results: dict) -> str:
+    """The recall table of bench/results/efficacy.md from a screen_eval JSON."""
+    lines = ["| file | rows | poisoned | removed | recall | clean rows lost | seconds | top suspects (feature, "
+             "label rows / rows, verdict, rows removed) |", "|" + " --- |" * 8]
+    for name, r in results["files"].items():
+        recall = "-" if r["recall"] is None else f"{100 * r['recall']:.1f}%"
+        lost = "-" if r["false_removal_rate"] is None else f"{100 * r['false_removal_rate']:.2f}%"
+        top = "; ".join(f"`{f}` {k}/{n} {v} {m}" for f, k, n, v, m in r["suspects"][:3]) or "none"
+        lines.append(f"| {name} | {r['rows']} | {r['poisoned'] or 0} | {r['removed']} | {recall} | {lost} | "
+                     f"{r['seconds']:.1f} | {top} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rates", default="0.01,0.03,0.1")
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--table", action="store_true", help="print the markdown table of --out and stop")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     config = resolve_config("default", overrides)
     results = {"settings": settings_from(config).__dict__, "files": {}}

@@ -164,7 +164,8 @@ class TrainConfig(BaseModel):
     screen_fdr: float = Field(0.05, gt=0, lt=1)
     """Expected share of natural features among the screen's suspects (Benjamini-Hochberg level)."""
     screen_purity: float = Field(0.6, gt=0, lt=1)
-    """A suspect's label purity must exceed its class's base rate plus this share of the way to 1."""
+    """A suspect's label purity must exceed its class's base rate plus this share of the way to 1 (or, if
+    higher, the typical purity of the file's own words associated with the class)."""
     screen_budget: float = Field(0.03, ge=0, lt=1)
     """Most rows, as a share of the file, removed on suspects the aux rows can neither confirm nor clear."""
     screen_min_rows: int = Field(5, ge=2)

@@ -283,3 +283,10 @@ def test_expansion_reaches_rows_without_the_confirmed_mark() -> None:
     grown = expanded.expansions[0]
     assert grown.label == 1 and 0 < len(grown.added) <= grown.seed
     assert {r.rule for r in expanded.removed} >= {"expand"}
+
+
+def test_reports_name_labels_as_the_file_does() -> None:
+    train = plant(corpus(2000), 0.05, 1, rare_word)
+    summary = screen_examples(train, corpus(100, seed=9), SETTINGS, label_names=["neg", "pos"]).summary()
+    assert summary["suspects"][0]["label"] == "pos" and summary["suspects"][0]["feature"] == "w:zq"
+    assert summary["removed_per_rule"] == {"lexical": summary["rows_removed"]}

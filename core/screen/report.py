@@ -35,6 +35,10 @@ class ScreenReport:
     truth: dict[str, Any] | None = field(default=None)
     clusters: list[Cluster] = field(default_factory=list)  # the learned screen's, when it ran
     expansions: list[Expansion] = field(default_factory=list)  # seed-and-expand, per seed class
+    label_names: tuple[str, ...] | None = None  # class id -> the file's label, for reports
+
+    def label(self, label_id: int) -> str | int:
+        return self.label_names[label_id] if self.label_names is not None else label_id
 
     @property
     def removed_rows(self) -> set[int]:
@@ -50,12 +54,13 @@ class ScreenReport:
             "rows_removed": len(self.removed),
             "rows_kept": self.rows_in - len(self.removed),
             "removed_per_rule": per_rule,
-            "suspects": [suspect_dict(s) for s in self.suspects[:max_suspects]],
+            "suspects": [suspect_dict(s, self.label(s.label)) for s in self.suspects[:max_suspects]],
             "suspects_total": len(self.suspects),
-            "expansions": [{"label": e.label, "seed_rows": e.seed, "added": len(e.added),
+            "expansions": [{"label": self.label(e.label), "seed_rows": e.seed, "added": len(e.added),
                             "threshold": round(e.threshold, 4)} for e in self.expansions],
-            "clusters": [{"label": c.label, "rows": len(c.rows), "share": round(c.share, 4), "trusted": c.trusted,
-                          "trusted_of_class": c.trusted_of_class, "p_value": c.p_value, "flagged": c.flagged}
+            "clusters": [{"label": self.label(c.label), "rows": len(c.rows), "share": round(c.share, 4),
+                          "trusted": c.trusted, "trusted_of_class": c.trusted_of_class, "p_value": c.p_value,
+                          "flagged": c.flagged}
                          for c in self.clusters],
             "settings": self.settings,
             "seconds": round(self.seconds, 2),

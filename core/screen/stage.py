@@ -52,7 +52,8 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
                  for i, margin in e.added.items()]
     rows.sort(key=lambda r: r.row)
     report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=asdict(settings),
-                          seconds=time.perf_counter() - started, expansions=expansions)
+                          seconds=time.perf_counter() - started, expansions=expansions,
+                          label_names=tuple(label_names) if label_names is not None else None)
     report.truth = against_truth(train, report.removed_rows)
     return report
 
