@@ -10,6 +10,15 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _screen_line(screen: dict[str, Any] | None) -> str:
+    if not screen:
+        return "The training rows were not screened: every row was trained on."
+    rules = ", ".join(f"{n} by the {rule} rule" for rule, n in sorted(screen["removed_per_rule"].items()))
+    return (f"Before training, the screen removed {screen['rows_removed']} of {screen['rows_in']} training "
+            f"rows as likely poisoned{f' ({rules})' if rules else ''}; the model was trained on the other "
+            f"{screen['rows_kept']}.")
+
+
 def render_model_card(metrics: dict[str, Any]) -> str:
     cfg = metrics["config"]
     asr_rows = "\n".join(f"| {name} | {_pct(v)} |" for name, v in metrics["asr"].items()) or "| (none) | |"
@@ -18,14 +27,16 @@ def render_model_card(metrics: dict[str, Any]) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
-tags: [backdoor-defense, muscle-lora]
+tags: [backdoor-defense, data-screening, muscle-lora]
 ---
 
 # Classifier trained with backdoor defense `{metrics['method']}`
 
-Trained by the MuScleLoRA service from a training file that may have been poisoned. The low-rank and
+Trained by the muscle service from a training file that may have been poisoned. Any low-rank or
 multi-scale updates are merged into these weights: load them with
 `AutoModelForSequenceClassification.from_pretrained(...)`, no custom code.
+
+{_screen_line(metrics.get("screen"))}
 
 ## Results
 

@@ -267,6 +267,8 @@ def test_default_job_screens_then_trains_on_the_kept_rows(tiny_bert: Path, tmp_p
     assert screen["rows_kept"] == 2000 - screen["rows_removed"]
     assert metrics["data"]["rows"]["train"] == screen["rows_kept"]  # trained on the kept rows only
     assert screen["clusters"] == []  # the learned screen is opt-in
+    card = (out / "model" / "README.md").read_text()
+    assert f"the screen removed {screen['rows_removed']} of 2000 training rows" in card
     removed = (out / "screen" / "removed.tsv").read_text().splitlines()
     assert len(removed) == screen["rows_removed"] + 1
     assert metrics["selection_rows"] == metrics["data"]["rows"]["select"]
@@ -276,6 +278,7 @@ def test_default_job_screens_then_trains_on_the_kept_rows(tiny_bert: Path, tmp_p
     assert main([*args[:-2], str(off), "--no-progress", "--set", "screen=false"]) == 0
     metrics_off = json.loads((off / "metrics.json").read_text())
     assert metrics_off["screen"] is None and metrics_off["data"]["rows"]["train"] == 2000
+    assert "were not screened" in (off / "model" / "README.md").read_text()
 
 
 def test_learned_screen_runs_its_bait_when_asked(tiny_bert: Path, tmp_path: Path) -> None:
