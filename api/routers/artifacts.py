@@ -72,29 +72,29 @@ def download_analysis(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> S
     return _stream(db, key, store, job_id, "analysis")
 
 
-@router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}, **ERRORS})
-def download_report(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Response:
-    """metrics.json exactly as the engine wrote it (CACC, ASR per probe, per-epoch, config, versions)."""
-    meta = _artifact(db, key, store, job_id, "report")
+def _small_file(db, key, store, job_id: str, name: Literal["report", "screen"], media_type: str,
+                disposition: str) -> Response:
+    """A small artifact read whole from the store (the archives above are streamed)."""
+    meta = _artifact(db, key, store, job_id, name)
     try:
         body = store.get_bytes(meta["key"])
     except ArtifactNotFound as exc:
-        raise ApiError(404, "artifact_not_available", "the report is missing from the store") from exc
+        raise ApiError(404, "artifact_not_available", f"the {name} file is missing from the store",
+                       param=name) from exc
     headers = _headers(meta)
     headers.pop("Content-Length")
-    headers["Content-Disposition"] = headers["Content-Disposition"].replace("attachment", "inline")
-    return Response(body, media_type="application/json", headers=headers)
+    headers["Content-Disposition"] = headers["Content-Disposition"].replace("attachment", disposition)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+@router.get("/{job_id}/report", responses={200: {"content": {"application/json": {}}}, **ERRORS})
+def download_report(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Response:
+    """metrics.json exactly as the engine wrote it (CACC, ASR per probe, per-epoch, config, versions)."""
+    return _small_file(db, key, store, job_id, "report", "application/json", "inline")
 
 
 @router.get("/{job_id}/screen", responses={200: {"content": {"text/tab-separated-values": {}}}, **ERRORS})
 def download_screen(job_id: str, db: DbDep, key: KeyDep, store: StoreDep) -> Response:
     """The training rows the screen removed, as TSV: row (0-based data row), line, rule, feature, score,
     text, label. A header alone when it removed none."""
-    meta = _artifact(db, key, store, job_id, "screen")
-    try:
-        body = store.get_bytes(meta["key"])
-    except ArtifactNotFound as exc:
-        raise ApiError(404, "artifact_not_available", "the screen's file is missing from the store") from exc
-    headers = _headers(meta)
-    headers.pop("Content-Length")
-    return Response(body, media_type="text/tab-separated-values; charset=utf-8", headers=headers)
+    return _small_file(db, key, store, job_id, "screen", "text/tab-separated-values; charset=utf-8", "attachment")

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from core.screen.clusters import Cluster, absent_clusters
+from core.screen.lexical import default_setting
 
 
 @dataclass(frozen=True)
 class LearnedSettings:
     folds: int = 2
-    clusters: int = 4
-    fdr: float = 0.05
-    seed: int = 42
+    clusters: int = default_setting("screen_clusters")
+    fdr: float = default_setting("screen_fdr")
+    seed: int = default_setting("seed")
 
 
 def fold_of(n: int, folds: int, seed: int) -> list[int]:

@@ -23,19 +23,26 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scipy import stats
 
+from core.config import TrainConfig
 from core.screen.features import feature_kind, is_word, row_features
+
+
+def default_setting(field: str) -> Any:
+    """The settings' single source is TrainConfig (documented there; `muscle settings` lists them)."""
+    return TrainConfig.model_fields[field].default
 
 
 @dataclass(frozen=True)
 class LexicalSettings:
-    fdr: float = 0.05
-    purity: float = 0.6
-    budget: float = 0.03
-    min_rows: int = 5
-    expand: bool = False  # seed-and-expand from confirmed suspects (core/screen/expand.py)
+    fdr: float = default_setting("screen_fdr")
+    purity: float = default_setting("screen_purity")
+    budget: float = default_setting("screen_budget")
+    min_rows: int = default_setting("screen_min_rows")
+    expand: bool = default_setting("screen_expand")  # seed-and-expand from confirmed suspects (expand.py)
 
 
 @dataclass(frozen=True)
