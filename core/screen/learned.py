@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.screen.clusters import Cluster, absent_clusters
-from core.screen.lexical import default_setting
+from core.screen.lexical import benjamini_hochberg, default_setting
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,6 @@ def bait_clusters(rows: Sequence[Any], trusted: Sequence[Any], represent: Callab
                                   [r.label for r in trusted], settings.clusters, fdr=1.0, seed=settings.seed):
             found.append(Cluster(cl.label, tuple(held[i] for i in cl.rows), cl.share, cl.trusted,
                                  cl.trusted_of_class, cl.p_value))
-    from core.screen.lexical import benjamini_hochberg
 
     hits = benjamini_hochberg([cl.p_value for cl in found], settings.fdr) if found else []
     return [Cluster(cl.label, cl.rows, cl.share, cl.trusted, cl.trusted_of_class, cl.p_value,
