@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal[
     "muscle", "vanilla", "lora", "adapter", "prefix", "muscle-no-ga", "muscle-no-ms", "ga-only"
@@ -188,6 +188,12 @@ class TrainConfig(BaseModel):
     """auto, fp32, bf16 or fp16; autocast applies on CUDA only."""
     checkpoint_every_epoch: bool = True
     """Write a resumable checkpoint after every epoch."""
+
+    @field_validator("target_label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: Any) -> Any:
+        # labels in the files may be integers: {"target_label": 1} means the label "1"
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

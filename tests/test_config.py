@@ -38,3 +38,8 @@ def test_unknown_profile_and_setting_are_refused() -> None:
         resolve_config("fast")
     with pytest.raises(ValueError, match="extra"):
         resolve_config("default", {"lr_typo": 1.0})
+
+
+def test_target_label_may_be_an_integer() -> None:
+    assert resolve_config("default", {"target_label": 1}).target_label == "1"
+    assert resolve_config("default", {"target_label": "pos"}).target_label == "pos"
