@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from api.errors import ApiError
 from core.config import TrainConfig, resolve_config
+from core.errors import ConfigError
+from core.models.availability import check_model
 
 # Keys that configure the job rather than training; everything else must be a TrainConfig field.
 JOB_KEYS = ("metadata", "probes", "text_column", "label_column")
@@ -37,7 +39,12 @@ def parse_config(text: str | None) -> JobOptions:
         raise _bad(f"config is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from exc
     if not isinstance(raw, dict):
         raise _bad("config must be a JSON object")
+    return options_from(raw)
 
+
+def options_from(raw: dict[str, Any]) -> JobOptions:
+    """Service options and training settings from a config object (the form's `config`, or a JSON
+    body's settings)."""
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
@@ -66,4 +73,8 @@ def parse_config(text: str | None) -> JobOptions:
         raise _bad(f"{where}: {err['msg']}", f"config.{where}" if where else "config") from exc
     except ValueError as exc:
         raise _bad(str(exc), "config.profile") from exc
+    try:
+        check_model(train.model)
+    except ConfigError as exc:
+        raise _bad(str(exc), "config.model") from exc
     return JobOptions(request=raw, train=train, metadata=metadata, probes=probes, **columns)

@@ -21,7 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
-from api.job_config import JOB_KEYS, JobOptions, parse_config
+from api.files import describe, owned_file, purpose_of, register
+from api.job_config import JOB_KEYS, JobOptions, options_from, parse_config
+from api.job_request import file_ids, settings_of
 from api.queue import Dispatcher
 from api.uploads import StagedFile, extension, probe_name, remove, stage
 from core.engine import JobInputs
@@ -29,7 +31,7 @@ from core.errors import MuscleError
 from core.jobs.artifacts import ArtifactStore, job_prefix
 from core.jobs.events import add_event
 from core.jobs.ids import new_id
-from core.jobs.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, utcnow
+from core.jobs.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, StoredFile, utcnow
 from core.jobs.settings import Settings
 from core.jobs.userfiles import json_safe, user_error
 
@@ -146,6 +148,7 @@ def _accept(db: Session, store: ArtifactStore, job: Job, files: list[StagedFile]
         prefix = job_prefix(job.id) + "inputs/"
         for f in files:
             store.put_file(prefix + f.path.name, f.path)
+        _register_uploads(db, store, job, files, options)
     except BaseException as exc:
         db.rollback()
         db.execute(delete(Job).where(Job.id == job.id))
@@ -166,6 +169,18 @@ def _accept(db: Session, store: ArtifactStore, job: Job, files: list[StagedFile]
     db.commit()
 
 
+def _register_uploads(db: Session, store: ArtifactStore, job: Job, files: list[StagedFile],
+                      options: JobOptions) -> None:
+    """A multipart job's files become files under /files too, so later jobs can name them by id."""
+    owner = db.get(ApiKey, job.owner_id)
+    assert owner is not None
+    for f in files:
+        if f.file_id is None:
+            purpose = purpose_of(f.role)
+            columns, labels = describe(f, purpose, options.text_column, options.label_column)
+            f.file_id = register(db, store, owner, purpose, f, columns, labels)[0].id
+
+
 def _dispatch(db: Session, dispatcher: Dispatcher, job: Job) -> None:
     try:
         dispatcher.send(job.id)
@@ -177,25 +192,73 @@ def _dispatch(db: Session, dispatcher: Dispatcher, job: Job) -> None:
     db.commit()
 
 
+def _fetch(db: Session, store: ArtifactStore, owner: ApiKey, ids: dict[str, str], folder: Path
+           ) -> list[StagedFile]:
+    """The named files, owned by the caller and of the right purpose, copied into `folder`."""
+    staged = []
+    for role, file_id in ids.items():
+        param = {"train": "training_file", "aux": "aux_file", "eval": "eval_file"}.get(
+            role, f"probe_files.{role.partition(':')[2]}")
+        try:
+            row: StoredFile = owned_file(db, owner, file_id)
+        except ApiError:
+            raise ApiError(422, "invalid_file", f"{param}: no such file {file_id!r}", param=param) from None
+        if row.purpose != purpose_of(role):
+            raise ApiError(422, "invalid_file", f"{param}: file {file_id} was uploaded with purpose "
+                           f"{row.purpose!r}; this field needs purpose {purpose_of(role)!r}", param=param)
+        name = role.replace(":", "-")
+        dest = folder / f"{name}{Path(row.key).suffix}"
+        store.download(row.key, dest)
+        staged.append(StagedFile(role, row.filename, dest, row.bytes, row.sha256, row.rows, file_id=row.id))
+    return staged
+
+
+def _check_key(idempotency_key: str | None) -> None:
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+        raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-255 characters",
+                       param="Idempotency-Key")
+
+
+def _submit(db: Session, settings: Settings, store: ArtifactStore, dispatcher: Dispatcher, owner: ApiKey,
+            options: JobOptions, files: list[StagedFile], idempotency_key: str | None) -> Created:
+    created = _reserve(db, settings, owner, options, _request_hash(options, files), idempotency_key)
+    if created.replayed:
+        return created
+    _accept(db, store, created.job, files, options)
+    _dispatch(db, dispatcher, created.job)
+    db.refresh(created.job)
+    return created
+
+
+def create_job_from_files(db: Session, settings: Settings, store: ArtifactStore, dispatcher: Dispatcher,
+                          owner: ApiKey, body: Any, idempotency_key: str | None) -> Created:
+    """POST /jobs with a JSON body: files by id (api.job_request.JobCreate)."""
+    _check_key(idempotency_key)
+    options = options_from(settings_of(body))
+    folder = _scratch(settings)
+    try:
+        return _submit(db, settings, store, dispatcher, owner, options,
+                       _fetch(db, store, owner, file_ids(body), folder), idempotency_key)
+    finally:
+        remove(folder)
+
+
+def _scratch(settings: Settings) -> Path:
+    tmp_root = settings.data_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+
+
 def create_job(db: Session, settings: Settings, store: ArtifactStore, dispatcher: Dispatcher, owner: ApiKey,
                train: UploadFile, aux: UploadFile, eval_file: UploadFile | None,
                probe_files: list[UploadFile], config_text: str | None,
                idempotency_key: str | None) -> Created:
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-        raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-255 characters",
-                       param="Idempotency-Key")
+    """POST /jobs with a multipart form: the files themselves."""
+    _check_key(idempotency_key)
     options = parse_config(config_text)
-    tmp_root = settings.data_dir / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=tmp_root))
+    folder = _scratch(settings)
     try:
         files = _stage_all(folder, settings, train, aux, eval_file, probe_files)
-        created = _reserve(db, settings, owner, options, _request_hash(options, files), idempotency_key)
-        if created.replayed:
-            return created
-        _accept(db, store, created.job, files, options)
+        return _submit(db, settings, store, dispatcher, owner, options, files, idempotency_key)
     finally:
         remove(folder)
-    _dispatch(db, dispatcher, created.job)
-    db.refresh(created.job)
-    return created

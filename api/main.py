@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from api.errors import install_error_handlers
+from api.job_request import openapi_components
 from api.limits import UploadLimitMiddleware
 from api.metrics import STATUS_COLLECTOR, MetricsMiddleware
 from api.queue import Dispatcher
-from api.routers import artifacts, events, health, jobs
+from api.routers import artifacts, events, files, health, jobs
 from core.jobs.artifacts import open_store
 from core.jobs.settings import Settings, get_settings
 
@@ -34,9 +37,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware)
-    for router in (health.router, jobs.router, events.router, artifacts.router):
+    for router in (health.router, files.router, jobs.router, events.router, artifacts.router):
         app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the two bodies POST /jobs reads itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_components())
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 app = create_app()

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs.models import TERMINAL, Job, JobEvent
+from core.jobs.models import TERMINAL, Job, JobEvent, StoredFile
 
 Status = Literal["validating", "queued", "running", "evaluating", "cancelling", "succeeded", "failed",
                  "cancelled"]
@@ -36,6 +36,34 @@ class FileInfo(BaseModel):
     bytes: int
     sha256: str
     rows: int | None = None
+    file_id: str | None = Field(None, description="the file's id under /files")
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    purpose: Literal["train", "aux", "eval", "probe"]
+    filename: str = Field(description="as uploaded")
+    bytes: int
+    sha256: str
+    rows: int = Field(description="data rows (header excluded)")
+    columns: list[str] = Field(description="text column, label column (when present), then the others")
+    labels: dict[str, int] = Field(description="rows per label")
+    created_at: int
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class DeletedFile(BaseModel):
+    id: str
+    object: Literal["file.deleted"] = "file.deleted"
+    deleted: bool = True
 
 
 class Progress(BaseModel):
@@ -146,7 +174,7 @@ def job_object(job: Job) -> JobObject:
         method=str(config.get("method", "")),
         seed=int(config.get("seed", 0)),
         config=config,
-        files={role: FileInfo(**{k: f.get(k) for k in ("filename", "bytes", "sha256", "rows")})
+        files={role: FileInfo(**{k: f.get(k) for k in ("filename", "bytes", "sha256", "rows", "file_id")})
                for role, f in inputs.get("files", {}).items()},
         probes=list(inputs.get("probes", [])),
         metadata=job.job_metadata or {},
@@ -163,3 +191,10 @@ def job_object(job: Job) -> JobObject:
 def event_object(event: JobEvent) -> EventObject:
     return EventObject(id=event.id, job_id=event.job_id, created_at=ts(event.created_at) or 0,
                        level=event.level, type=event.type, message=event.message, data=event.data)
+
+
+def file_object(row: StoredFile) -> FileObject:
+    return FileObject(id=row.id, purpose=row.purpose, filename=row.filename,  # type: ignore[arg-type]
+                      bytes=row.bytes, sha256=row.sha256, rows=row.rows,
+                      columns=list((row.columns or {}).get("names", [])), labels=row.labels or {},
+                      created_at=ts(row.created_at) or 0)

@@ -24,10 +24,11 @@ class StagedFile:
     bytes: int
     sha256: str
     rows: int
+    file_id: str | None = None  # its id under /files, once registered
 
     def info(self, key: str) -> dict[str, object]:
         return {"filename": self.filename, "bytes": self.bytes, "sha256": self.sha256, "rows": self.rows,
-                "key": key, "stored_as": self.path.name}
+                "key": key, "stored_as": self.path.name, "file_id": self.file_id}
 
 
 def extension(role: str, filename: str | None) -> str:

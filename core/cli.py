@@ -34,7 +34,7 @@ def _parse_set(value: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
     if key not in TrainConfig.model_fields:
-        raise argparse.ArgumentTypeError(f"unknown setting {key!r}; see `muscle train --list-settings`")
+        raise argparse.ArgumentTypeError(f"unknown setting {key!r}; see `muscle settings`")
     try:
         return key, json.loads(raw)
     except json.JSONDecodeError:
@@ -56,8 +56,18 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-label", default=None, help="the attack's target label, name or id (default 1)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("muscle-service")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="muscle", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a clean model from a possibly poisoned training file")

@@ -32,6 +32,10 @@ class JobInputs:
     probes: tuple[str, ...] = ()  # built-in probes: "badnets", "addsent", 'insert:"text"'
     text_column: str = "text"
     label_column: str = "label"
+    names: dict[str, str] = field(default_factory=dict)  # role -> the file's name as its owner gave it
+
+    def name(self, role: str, path: Path) -> str:
+        return self.names.get(role, path.name)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ def accuracy(preds: Any, labels: Any) -> float:
 
 def attack_success_rate(preds: Any, orig_labels: Any, target: int) -> float:
     """Among rows whose original label != target, the fraction predicted as target. Rows already
-    labelled target are excluded: predicting target there is not evidence of a backdoor."""
+    labelled target are excluded: predicting target there is not evidence of a backdoor. An original
+    label of None is unknown but not the target (a probe file in OpenBackdoor's layout)."""
+    if not hasattr(orig_labels, "tolist"):
+        orig_labels = [-1 if v is None else v for v in orig_labels]
     p, y = _pair(preds, orig_labels, "orig_labels")
     hits = [pred == target for pred, orig in zip(p, y, strict=True) if orig != target]
     if not hits:

@@ -100,7 +100,7 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
 
     if inputs.select is not None:
         select = load_examples(inputs.select, label_map, role="select", **cols)
-        sources["select"] = f"file {Path(inputs.select).name}"
+        sources["select"] = f"file {inputs.name('select', Path(inputs.select))}"
     else:
         # Epoch choice needs clean rows never trained on and never reported on: a slice of aux.
         aux, select = stratified_split(aux, config.select_fraction, config.seed)
@@ -108,7 +108,7 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
 
     if inputs.eval is not None:
         eval_rows = load_examples(inputs.eval, label_map, role="eval", **cols)
-        sources["cacc"] = f"eval file {Path(inputs.eval).name}"
+        sources["cacc"] = f"eval file {inputs.name('eval', Path(inputs.eval))}"
     else:
         train, eval_rows = stratified_split(train, config.eval_holdout_fraction, config.seed)
         sources["cacc"] = (f"train hold-out ({len(eval_rows)} rows not trained on; untrusted: may "
@@ -122,6 +122,10 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
         if name in probes:
             raise ConfigError(f"probe name {name!r} given twice")
         probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
+        if all(r.orig_label is None for r in probes[name]):
+            sources[f"probe:{name}"] = (f"all {len(probes[name])} rows of {inputs.name(f'probe:{name}', Path(path))} "
+                                        "counted as triggered non-target rows: every row carries the target label "
+                                        "and no orig_label column says otherwise (OpenBackdoor's layout)")
     for name, rows in probes.items():
         if name == FLOOR_MONITOR:
             raise ConfigError(f"probe name {name!r} is reserved for the per-epoch ASR floor; pick another")
@@ -321,10 +325,10 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         with quiet_transformers():
             eval_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
             eval_tok = AutoTokenizer.from_pretrained(model_dir)
-        scored = "exported merged model (out/model)"
+        scored = "exported merged model (model/)"
     else:
         eval_model, eval_tok = model, tokenizer
-        scored = "trained model in memory (method cannot be merged; load out/adapter with the base model)"
+        scored = "trained model in memory (method cannot be merged; load adapter/ with the base model)"
     cacc, asr, floor = evaluate_classifier(eval_model, eval_tok, data.eval, data.probes, data.target, config)
 
     metrics: dict[str, Any] = {
@@ -345,6 +349,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "family": fam,
         "cacc_source": data.sources["cacc"],
         "selection_source": data.sources["select"],
+        "probe_sources": {k.split(":", 1)[1]: v for k, v in data.sources.items() if k.startswith("probe:")},
         "scored": scored,
         "head_probe": head_fit,
         "selection_rows": len(data.select),

@@ -15,6 +15,7 @@ from core.attacks.triggers import ADDSENT_SENTENCE, BADNETS_WORDS, addsent, badn
 from core.data.labels import LabelMap
 from core.data.table import read_table
 from core.errors import ConfigError, DataError
+from core.metrics import attack_success_rate
 from tests.fixtures_data import examples, write_csv, write_tsv
 
 
@@ -229,9 +230,23 @@ def test_load_probe_file_without_orig_label(tmp_path: Path) -> None:
     assert [ex.orig_label for ex in load_probe_file(path, labels, labels.resolve_target("pos"))] == [0]
 
 
+def test_load_probe_file_in_openbackdoor_layout(tmp_path: Path) -> None:
+    """The authors' released test sets: every row labelled with the target, a `poisoned` column, no
+    orig_label. Every row is a triggered non-target row whose true label is unknown."""
+    labels = LabelMap.from_labels(["neg", "pos"])
+    path = write_tsv(tmp_path / "ob.tsv", [{"text": "x", "label": "pos", "poisoned": 1},
+                                           {"text": "y", "label": "pos", "poisoned": 1}])
+    probe = load_probe_file(path, labels, labels.resolve_target("pos"))
+    assert [(ex.text, ex.label, ex.orig_label, ex.poisoned) for ex in probe] == [("x", 1, None, True),
+                                                                                ("y", 1, None, True)]
+    assert attack_success_rate([1, 0], [ex.orig_label for ex in probe], target=1) == 0.5
+    mixed = write_tsv(tmp_path / "mixed.tsv", [{"text": "x", "label": "pos"}, {"text": "y", "label": "neg"}])
+    assert [ex.text for ex in load_probe_file(mixed, labels, 1)] == ["y"]  # not the layout: neg rows only
+
+
 def test_load_probe_file_errors(tmp_path: Path) -> None:
     labels = LabelMap.from_labels(["0", "1"])
-    only_target = write_csv(tmp_path / "t.csv", [{"text": "a", "label": 1}])
+    only_target = write_csv(tmp_path / "t.csv", [{"text": "a", "label": 1, "orig_label": 1}])
     with pytest.raises(DataError) as info:
         load_probe_file(only_target, labels, 1, role="probe:mine")
     assert info.value.file == str(only_target) and info.value.role == "probe:mine"

@@ -106,6 +106,23 @@ def test_no_eval_file_says_where_cacc_came_from(files: dict[str, Path], tiny_ber
     assert metrics["selection_source"].startswith("aux hold-out")
 
 
+def test_a_probe_file_in_openbackdoor_layout_counts_every_row(files: dict[str, Path], tiny_bert: Path,
+                                                               tmp_path: Path) -> None:
+    negatives = [r for r in sentiment_rows(20) if r["label"] == 0]
+    probe = write_tsv(tmp_path / "ob.tsv", [{"text": f"cf {r['text']}", "label": 1, "poisoned": 1}
+                                            for r in negatives])
+    out = tmp_path / "out"
+    assert main(train_args(files, tiny_bert, out, "--method", "lora", "--epochs", "1",
+                           "--probe-file", f"ob={probe}")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["rows"]["probe:ob"] == len(negatives)
+    assert "OpenBackdoor" in metrics["probe_sources"]["ob"] and "ob.tsv" in metrics["probe_sources"]["ob"]
+    assert "badnets" not in metrics["probe_sources"]  # a built-in probe knows its rows' labels
+    triggered = [{"text": f"cf {r['text']}", "label": 0} for r in negatives]
+    preds = preds_of(out, triggered)
+    assert metrics["asr"]["ob"] == pytest.approx(sum(p == 1 for p in preds) / len(preds))
+
+
 @pytest.mark.parametrize("mutate, expect", [
     (lambda f: f["aux"].write_text("text,label\nfine film,1\n,0\n"), ["aux.csv", "line 3", "'text'"]),
     (lambda f: f["eval"].write_text('{"text": "ok", "label": 7}\n'), ["eval.jsonl", "line 1", "'label'"]),

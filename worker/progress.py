@@ -77,7 +77,7 @@ class ProgressRecorder:
         elif ev.kind == "epoch":
             row = {"epoch": ev.epoch, **(ev.metrics or {})}
             self.per_epoch = [r for r in self.per_epoch if r.get("epoch") != ev.epoch] + [row]
-            summary = ", ".join(f"{k}={v:.4f}" for k, v in (ev.metrics or {}).items()
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in (ev.metrics or {}).items()
                                 if isinstance(v, float))
             self._write(("epoch", f"epoch {ev.epoch}/{self.state['total_epochs']} done"
                          + (f": {summary}" if summary else ""), row), per_epoch=True)

@@ -133,7 +133,8 @@ class JobRunner:
             train=paths["train"], aux=paths["aux"], eval=paths.get("eval"),
             probe_files={r.split(":", 1)[1]: p for r, p in paths.items() if r.startswith("probe:")},
             probes=tuple(inputs.get("probes", ())), text_column=inputs.get("text_column", "text"),
-            label_column=inputs.get("label_column", "label"))
+            label_column=inputs.get("label_column", "label"),
+            names={role: info["filename"] for role, info in inputs["files"].items()})
         return job_inputs, names
 
     def _upload(self, job_id: str, result: JobResult, work: Path) -> dict[str, dict[str, Any]]:

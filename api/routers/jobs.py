@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from api.deps import DbDep, DispatcherDep, KeyDep, SettingsDep, StoreDep
 from api.errors import ApiError, not_found
-from api.job_create import create_job
+from api.job_create import Created, create_job, create_job_from_files
+from api.job_request import parse_body
 from api.metrics import JOBS_CREATED
+from api.queue import Dispatcher
 from api.schemas import DeletedJob, ErrorResponse, JobList, JobObject, Status, job_object
 from core.jobs import lease
-from core.jobs.artifacts import job_prefix
+from core.jobs.artifacts import ArtifactStore, job_prefix
 from core.jobs.events import add_event
 from core.jobs.models import CANCELLED, CANCELLING, TERMINAL, ApiKey, Job
+from core.jobs.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -32,25 +36,55 @@ def owned_job(db: Session, key: ApiKey, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobObject,
+JOB_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+    "multipart/form-data": {"schema": {"$ref": "#/components/schemas/JobUpload"}}}}}
+
+
+async def _create(request: Request, db: Session, key: ApiKey, settings: Settings, store: ArtifactStore,
+                  dispatcher: Dispatcher, idempotency_key: str | None) -> Created:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            payload = await request.json()
+        except ValueError as exc:
+            raise ApiError(422, "invalid_request", f"the body is not valid JSON: {exc}", param="body") from exc
+        body = parse_body(payload)
+        return await run_in_threadpool(create_job_from_files, db, settings, store, dispatcher, key, body,
+                                       idempotency_key)
+    if kind != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "send application/json (files by id, see POST /files) "
+                       "or multipart/form-data (the files themselves)")
+    async with request.form() as form:
+        uploads = {name: form.get(name) for name in ("train", "aux", "eval")}
+        for name in ("train", "aux"):
+            if not isinstance(uploads[name], StarletteUpload):
+                raise ApiError(422, "invalid_request", f"{name}: Field required (a file)", param=name)
+        if uploads["eval"] is not None and not isinstance(uploads["eval"], StarletteUpload):
+            raise ApiError(422, "invalid_request", "eval: must be a file", param="eval")
+        probes = form.getlist("probe_file")
+        if not all(isinstance(p, StarletteUpload) for p in probes):
+            raise ApiError(422, "invalid_request", "probe_file: must be files", param="probe_file")
+        config = form.get("config")
+        if config is not None and not isinstance(config, str):
+            raise ApiError(422, "invalid_request", "config: must be a JSON string, not a file", param="config")
+        return await run_in_threadpool(create_job, db, settings, store, dispatcher, key, uploads["train"],
+                                       uploads["aux"], uploads["eval"], probes, config, idempotency_key)
+
+
+@router.post("", status_code=201, response_model=JobObject, openapi_extra=JOB_BODY,
              responses={200: {"model": JobObject, "description": "Idempotent replay"},
                         409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                        422: {"model": ErrorResponse}, **ERRORS})
+                        415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, **ERRORS})
 async def post_job(
-    response: Response, db: DbDep, key: KeyDep, settings: SettingsDep, store: StoreDep,
+    request: Request, response: Response, db: DbDep, key: KeyDep, settings: SettingsDep, store: StoreDep,
     dispatcher: DispatcherDep,
-    train: Annotated[UploadFile, File(description="the untrusted (possibly poisoned) training set")],
-    aux: Annotated[UploadFile, File(description="a small trusted clean set (gradient alignment)")],
-    eval: Annotated[UploadFile | None, File(description="clean test set for CACC")] = None,
-    probe_file: Annotated[list[UploadFile] | None, File(
-        description="triggered test sets, repeatable; each named by its file name stem")] = None,
-    config: Annotated[str | None, Form(
-        description='JSON: {"method", "model", "epochs", "batch_size", "probes", "target_label", '
-                    '"seed", "metadata", ... any TrainConfig field}')] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobObject:
-    created = await run_in_threadpool(create_job, db, settings, store, dispatcher, key, train, aux, eval,
-                                      probe_file or [], config, idempotency_key)
+    """Create a job. JSON body (`JobCreate`): files by id from POST /files and the training settings at
+    the top level. Multipart form (`JobUpload`): the files themselves, registered under /files as well,
+    and the settings as a JSON string in `config`."""
+    created = await _create(request, db, key, settings, store, dispatcher, idempotency_key)
     if created.replayed:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"

@@ -13,7 +13,7 @@ from pathlib import Path
 from core.attacks.triggers import Trigger
 from core.data.dataset import Example
 from core.data.labels import LabelMap
-from core.data.table import read_table
+from core.data.table import RawRow, read_table
 from core.errors import DataError
 
 
@@ -33,13 +33,25 @@ def floor_rows(eval_examples: Sequence[Example], target: int) -> list[Example]:
             for ex in eval_examples if ex.label != target]
 
 
+def all_triggered_target(rows: list[RawRow], label_map: LabelMap, target: int) -> bool:
+    """OpenBackdoor's layout (the authors' released test sets): every row labelled with the target and no
+    `orig_label` to say otherwise. Such rows are triggered non-target rows with their label already
+    flipped; their true label is unknown (orig_label None), and ASR counts them all."""
+    if any(row.extra.get("orig_label", "").strip() for row in rows):
+        return False
+    return all(row.label is not None and row.label.strip() == label_map.name(target) for row in rows)
+
+
 def load_probe_file(path: str | Path, label_map: LabelMap, target: int, text_column: str = "text",
                     label_column: str = "label", role: str = "probe") -> list[Example]:
     """A user's triggered test file. The true label is the `orig_label` column where present and
-    non-blank, else the label column; rows whose true label is the target are dropped. Returns
+    non-blank, else the label column; rows whose true label is the target are dropped, except in
+    OpenBackdoor's layout (`all_triggered_target`), where every row counts. Returns
     Examples with `label=target`, `orig_label` = true label, `poisoned=True`."""
     file = str(path)
     rows = read_table(path, text_column, label_column, role=role, require_label=False)
+    if all_triggered_target(rows, label_map, target):
+        return [Example(text=row.text, label=target, line=row.line, orig_label=None, poisoned=True) for row in rows]
     out = []
     for row in rows:
         orig_raw = row.extra.get("orig_label", "").strip()

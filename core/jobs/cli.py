@@ -49,6 +49,10 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     c.add_argument("--name", required=True, help="who or what the key is for")
     c.set_defaults(func=cmd_apikey_create)
 
+    from core.jobs.client_cli import add_jobs_commands
+
+    add_jobs_commands(subparsers)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="muscle")

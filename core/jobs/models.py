@@ -126,3 +126,23 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoredFile(Base):
+    """A file uploaded with POST /files (or behind a multipart POST /jobs), validated on upload."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_sha256", "owner_id", "sha256", "purpose"),
+                      Index("ix_files_owner_created", "owner_id", "created_at", "id"))
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(16))  # train | aux | eval | probe
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"names": [...]}
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)  # label -> rows
+    key: Mapped[str] = mapped_column(String(300))  # where the bytes are in the artifact store
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

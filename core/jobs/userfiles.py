@@ -38,7 +38,8 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-SUMMARY_KEYS = ("cacc", "asr", "best_epoch", "per_epoch", "cacc_source", "selection_source", "selection_rows",
+SUMMARY_KEYS = ("cacc", "asr", "best_epoch", "per_epoch", "cacc_source", "selection_source", "probe_sources",
+                "selection_rows",
                 "screen", "wall_seconds", "train_seconds")
 
 

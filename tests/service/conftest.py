@@ -6,6 +6,7 @@ Override the addresses with MUSCLE_TEST_REDIS_URL and MUSCLE_TEST_POSTGRES_URL.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,11 +15,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from core.jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CI = os.environ.get("CI", "").lower() == "true"
 REDIS_URL = os.environ.get("MUSCLE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -262,3 +267,42 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin: str, redis_u
     finally:
         s.stop()
         drop_database(postgres_admin, database)
+
+
+# -- the API in-process (TestClient) ------------------------------------------------------------
+CONFIG = json.dumps({"epochs": 1, "batch_size": 8, "max_length": 32, "metadata": {"team": "a"}})
+
+
+class Api:
+    def __init__(self, settings: Settings) -> None:
+        from fastapi.testclient import TestClient
+
+        from api.main import create_app
+
+        self.settings = settings
+        self.client = TestClient(create_app(settings))
+        self.key = new_key(settings.database_url, "alice")
+        self.other = new_key(settings.database_url, "bob")
+
+    def h(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", **extra}
+
+    def create(self, data: dict[str, Path], roles: tuple[str, ...] = ("train", "aux", "eval", "badnets"),
+               config: str = CONFIG, key: str | None = None, **headers: str) -> Any:
+        from tests.service.helpers import files
+
+        return self.client.post("/jobs", headers=self.h(key, **headers), files=files(data, *roles),
+                                data={"config": config})
+
+
+@pytest.fixture
+def make_api(tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str) -> Callable[..., Api]:
+    def make(**extra: Any) -> Api:
+        return Api(make_settings(tmp_path, sqlite_url, extra.pop("broker_url", redis_url), queue_name,
+                                 **extra))
+    return make
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    return make_api()

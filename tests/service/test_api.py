@@ -6,50 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
-from api.main import create_app
 from core.jobs.artifacts import LocalArtifactStore
-from core.jobs.settings import Settings
-from tests.service.conftest import free_port, make_settings, new_key
+from tests.service.conftest import Api, free_port
 from tests.service.helpers import files, get_job
 
 pytestmark = pytest.mark.service
-
-CONFIG = json.dumps({"epochs": 1, "batch_size": 8, "max_length": 32, "metadata": {"team": "a"}})
-
-
-class Api:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.client = TestClient(create_app(settings))
-        self.key = new_key(settings.database_url, "alice")
-        self.other = new_key(settings.database_url, "bob")
-
-    def h(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", **extra}
-
-    def create(self, data: dict[str, Path], roles: tuple[str, ...] = ("train", "aux", "eval", "badnets"),
-               config: str = CONFIG, key: str | None = None, **headers: str) -> Any:
-        return self.client.post("/jobs", headers=self.h(key, **headers), files=files(data, *roles),
-                                data={"config": config})
-
-
-@pytest.fixture
-def make_api(tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str) -> Callable[..., Api]:
-    def make(**extra: Any) -> Api:
-        return Api(make_settings(tmp_path, sqlite_url, extra.pop("broker_url", redis_url), queue_name,
-                                 **extra))
-    return make
-
-
-@pytest.fixture
-def api(make_api: Callable[..., Api]) -> Api:
-    return make_api()
-
 
 def test_keys_are_required_and_open_endpoints_stay_open(api: Api) -> None:
     assert api.client.get("/jobs").status_code == 401
@@ -128,6 +92,8 @@ def test_bad_file_is_422_with_file_line_and_field(api: Api, dataset: dict[str, P
     ('{"metadata": {"k": 1}}', "config.metadata"),
     ('{"probes": ["bogus-trigger"]}', "config"),
     ('{"target_label": "7"}', "config"),
+    ('{"model": "no-such-org/no-such-model"}', "config.model"),
+    ('{"model": "/no/such/folder"}', "config.model"),
 ])
 def test_bad_config_is_422(api: Api, dataset: dict[str, Path], config: str, param: str) -> None:
     r = api.create(dataset, ("train", "aux"), config=config)
@@ -237,3 +203,11 @@ def test_prometheus_metrics(api: Api, dataset: dict[str, Path]) -> None:
     api.create(dataset, ("train", "aux"))
     text = api.client.get("/metrics").text
     assert 'muscle_jobs{status="queued"}' in text and "muscle_http_requests_total" in text
+
+
+def test_a_model_that_cannot_be_resolved_is_refused_with_the_reason(api: Api, dataset: dict[str, Path]) -> None:
+    r = api.create(dataset, ("train", "aux"), config='{"model": "no-such-org/no-such-model"}')
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "no-such-org/no-such-model" in message and "not a known alias" in message
+    assert api.client.get("/jobs", headers=api.h()).json()["data"] == []

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -176,3 +179,46 @@ def test_kill_9_worker_mid_run_then_the_job_resumes_from_its_checkpoint(
     after = [e["data"]["epoch"] for e in events if e["id"] > resumed["id"] and e["type"] == "epoch"]
     assert before and after and after[0] == before[-1] + 1 == resumed["data"]["completed_epochs"] + 1
     assert [row["epoch"] for row in job["metrics"]["per_epoch"]] == list(range(1, epochs + 1))
+
+
+def muscle(stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MUSCLE_URL": stack.url, "MUSCLE_API_KEY": stack.key}
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_jobs_client_uploads_creates_by_json_follows_and_downloads(
+        stack: Stack, dataset: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """`muscle jobs` end to end over HTTP: POST /files, a JSON POST /jobs, the SSE stream, checked downloads."""
+    test_file = tmp_path / "test.tsv"  # a name other than the role: metrics must say the user's name
+    test_file.write_bytes(dataset["eval"].read_bytes())
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"model: {tiny_model}\nepochs: 2\nbatch_size: 8\nmax_length: 32\nlr: 0.0005\n")
+    made = muscle(stack, "jobs", "create", "--train", str(dataset["train"]), "--aux", str(dataset["aux"]),
+                  "--eval", str(test_file), "--probe-file", f"badnets={dataset['badnets']}",
+                  "--config", str(settings), "--set", "seed=3", "--metadata", "team=cli", "--follow")
+    assert made.returncode == 0, made.stderr + stack.log()
+    assert "uploaded train.tsv as file_" in made.stderr and "succeeded" in made.stderr
+    assert "epoch 1/2 done" in made.stderr and "lr=0.00025," in made.stderr  # halfway down the decay, all digits
+    job_id = made.stderr.split("created ")[1].split()[0]
+
+    with stack.client() as c:
+        job = c.get(f"/jobs/{job_id}").json()
+        assert all(f["file_id"] for f in job["files"].values())
+        assert {f["purpose"] for f in c.get("/files").json()["data"]} == {"train", "aux", "eval", "probe"}
+    assert job["status"] == "succeeded" and job["metadata"] == {"team": "cli"} and job["config"]["seed"] == 3
+    assert job["metrics"]["cacc_source"] == "eval file test.tsv"
+
+    listed = muscle(stack, "jobs", "list")
+    assert listed.returncode == 0 and job_id in listed.stdout and "succeeded" in listed.stdout
+    got = muscle(stack, "jobs", "download", job_id, "--model", str(tmp_path / "m"), "--report", str(tmp_path / "r"))
+    assert got.returncode == 0, got.stderr
+    report = json.loads((tmp_path / "r" / f"{job_id}-metrics.json").read_text())
+    eval_rows = read_tsv(test_file)
+    preds = predictions(tmp_path / "m", [row["text"] for row in eval_rows], max_length=32)
+    cacc = sum(p == row["label"] for p, row in zip(preds, eval_rows, strict=True)) / len(eval_rows)
+    assert cacc == report["cacc"] == job["metrics"]["cacc"]
+
+    missing = muscle(stack, "jobs", "download", job_id, "--model", str(tmp_path / "m2"),
+                     "--url", "http://127.0.0.1:9")  # nothing listens there
+    assert missing.returncode == 1 and "cannot reach the service" in missing.stderr

@@ -18,7 +18,7 @@ from core.jobs.models import Base
 pytestmark = pytest.mark.service  # PostgreSQL half
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"api_keys", "jobs", "job_events", "idempotency_keys", "alembic_version"}
+TABLES = {"api_keys", "jobs", "job_events", "idempotency_keys", "files", "alembic_version"}
 
 
 def check_roundtrip(url: str) -> None:
