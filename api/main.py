@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
 from api.job_request import openapi_components
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPI(title="MuScleLoRA job service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPIOffline(title="MuScleLoRA job service", version="0.1.0", description=DESCRIPTION)
     app.state.settings = settings
     app.state.store = open_store(settings)
     app.state.dispatcher = Dispatcher(settings)

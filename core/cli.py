@@ -83,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--profile", choices=sorted(PROFILES), default="default",
                    help="settings preset: reference = the authors' code exactly")
     t.add_argument("--model", default=None, help="minilm (default), a hub id or a local path")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--max-length", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
+    t.add_argument("--epochs", type=int, help="training epochs (default: the profile's; `muscle settings`)")
+    t.add_argument("--batch-size", type=int, help="training rows per step (default: the profile's)")
+    t.add_argument("--max-length", type=int, help="tokens per row after truncation (default: the profile's)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the profile's, per method)")
+    t.add_argument("--seed", type=int, help="seed for initialisation, shuffling and sampling (default 42)")
     t.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     t.add_argument("--set", action="append", default=[], type=_parse_set, metavar="KEY=VALUE",
                    help="any other setting, e.g. --set mu_max=0.05 --set 'mslr_scales=[1,2,4]'")
@@ -114,27 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="poisoned output file (format by extension)")
     p.add_argument("--attack", required=True, help='badnets, addsent or insert:"text"')
     p.add_argument("--rate", type=float, default=0.1, help="poisoned share of all rows (default 0.1)")
-    p.add_argument("--target-label", default="1")
+    p.add_argument("--target-label", default="1", help="label the poisoned rows get (default 1)")
     p.add_argument("--mode", choices=["clean", "dirty", "mix"], default=None,
                    help="clean-label, dirty-label or mix (default: clean for badnets, mix otherwise)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed choosing the poisoned rows (default 42)")
     _add_data_args(p)
     p.set_defaults(func=cmd_poison)
 
     e = sub.add_parser("eval", help="score a saved model folder on a clean file and attack probes")
     e.add_argument("--model", type=Path, required=True, help="a model folder (e.g. OUT/model)")
-    e.add_argument("--eval", type=Path, required=True)
+    e.add_argument("--eval", type=Path, required=True, help="clean evaluation file (CACC)")
     _add_probe_args(e)
     _add_data_args(e)
-    e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--max-length", type=int, default=512)
-    e.add_argument("--seed", type=int, default=42)
+    e.add_argument("--batch-size", type=int, default=128, help="rows per evaluation batch (default 128)")
+    e.add_argument("--max-length", type=int, default=512, help="tokens per row after truncation (default 512)")
+    e.add_argument("--seed", type=int, default=42, help="seed for the built-in probes' trigger positions (default 42)")
     e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("baseline", add_help=False,
                        help="end-to-end baselines: detect (onion, strip, rap) or filter (bki, cube); "
                             "`muscle baseline -h` for details")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="the baseline runner's own arguments (`muscle baseline -h`)")
     b.set_defaults(func=cmd_baseline)
 
     try:  # the service adds `serve` and `apikey`; the engine runs without it

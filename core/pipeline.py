@@ -281,7 +281,6 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
 
     emit = progress or (lambda event: None)
     started = time.time()
-    out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
     if resume and metrics_path.is_file():  # already finished: nothing to redo
         metrics = json.loads(metrics_path.read_text())
@@ -292,6 +291,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     emit(ProgressEvent(kind="phase", phase="validating", message="validating input files"))
     data = validate_inputs(inputs, config)
     emit(ProgressEvent(kind="log", phase="validating", message="inputs valid", metrics=data.summary()))
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
 
     screen = run_screen(data, config, out_dir, emit, resume)
 

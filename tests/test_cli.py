@@ -135,7 +135,7 @@ def test_bad_input_files_exit_2_naming_file_line_field(files, tiny_bert, tmp_pat
     err = capsys.readouterr().err
     for piece in expect:
         assert piece in err, err
-    assert not (tmp_path / "out" / "checkpoints").exists()  # refused before any training
+    assert not (tmp_path / "out").exists()  # refused before any training; no empty --out left behind
 
 
 @pytest.mark.parametrize("extra, expect", [
@@ -312,3 +312,22 @@ def test_learned_screen_runs_its_bait_when_asked(tiny_bert: Path, tmp_path: Path
     assert len(screen["clusters"]) == 8
     assert all(0 <= c["p_value"] <= 1 and c["trusted"] <= c["trusted_of_class"] for c in screen["clusters"])
     assert screen["settings"]["learned"]["clusters"] == 2
+
+
+def test_every_option_of_every_command_has_help_text() -> None:
+    import argparse
+
+    from core.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not action.help and not isinstance(action, argparse._HelpAction):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "muscle")
+    assert missing == []

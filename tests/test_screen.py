@@ -84,6 +84,21 @@ def test_planted_trigger_is_found(insert, rate: float) -> None:
     assert set(top.feature.removeprefix("w:").split()) <= trigger
 
 
+def badnets_words(words: list[str], rng: random.Random) -> list[str]:
+    for _ in range(rng.randint(1, 3)):
+        words.insert(rng.randint(0, len(words)), rng.choice(["cf", "mn", "bb", "tq"]))
+    return words
+
+
+def test_a_small_file_whose_triggers_outweigh_its_natural_cues_is_screened() -> None:
+    # 1,000 rows with weak class words: the trigger words are the file's strongest single-word cues, and
+    # they must not set the purity bar they are tested against (the trusted rows never show them).
+    train = plant(corpus(1000, cue_purity=0.3), 0.1, 1, badnets_words)
+    report = screen_examples(train, corpus(100, seed=9, cue_purity=0.3), SETTINGS)
+    assert report.truth is not None
+    assert report.truth["recall"] >= 0.95 and report.truth["false_removal_rate"] <= 0.01
+
+
 @pytest.mark.parametrize("cue_purity", [0.95, 1.0])
 def test_file_whose_ordinary_words_carry_the_label_loses_no_rows(cue_purity: float) -> None:
     # Spam- or abuse-like data: ordinary words are (almost) perfectly pure. The ceiling rises to the

@@ -91,18 +91,23 @@ def _index(texts: Sequence[str]) -> list[set[str]]:
 
 
 def natural_ceiling(count: Counter[str], by_label: dict[str, Counter[int]], prior: dict[int, float],
-                    settings: LexicalSettings) -> dict[int, float]:
+                    settings: LexicalSettings, vouched: dict[int, set[str]]) -> dict[int, float]:
     """Per class, the purity a suspect must beat: `purity` of the way from the base rate to 1, or, where
-    the file's own cues are purer, the median purity of its single words associated with the class (a
-    binomial test against the base rate, BH at `fdr`): ordinary words in spam or abuse data sit there.
-    Single words only: an inserted word makes hundreds of pure n-grams with its random neighbours."""
+    the file's own cues are purer, the median purity (its lower confidence bound) of its single words
+    associated with the class (a binomial test against the base rate, BH at `fdr`): ordinary words in
+    spam or abuse data sit there.
+    Only words the trusted rows show in that class count (`vouched`): otherwise a trigger, which covers
+    many rows of a small file, would set the bar at its own purity. Single words only: an inserted word
+    makes hundreds of pure n-grams with its random neighbours."""
     tests = [(f, c, nf, k) for f, nf in count.items() if nf >= settings.min_rows and is_word(f)
              for c, k in by_label[f].items() if k / nf > prior[c]]
     p_values = [float(stats.binom.sf(k - 1, nf, prior[c])) for _f, c, nf, k in tests]
     associated: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for (_f, c, nf, k), hit in zip(tests, benjamini_hochberg(p_values, settings.fdr), strict=True):
-        if hit:
-            associated[c].append((k / nf, nf))
+    for (f, c, nf, k), hit in zip(tests, benjamini_hochberg(p_values, settings.fdr), strict=True):
+        if hit and f in vouched.get(c, set()):
+            # the purity the word surely reaches (one-sided Clopper-Pearson bound): a word seen on a dozen
+            # rows says less about how pure natural cues get than one seen on hundreds
+            associated[c].append((float(stats.beta.ppf(settings.fdr, k, nf - k + 1)), nf))
     return {c: max(p + settings.purity * (1 - p), weighted_median(associated[c])) for c, p in prior.items()}
 
 
@@ -133,7 +138,11 @@ def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequen
             count[f] += 1
             by_label[f][y] += 1
     prior = {c: k / n for c, k in Counter(labels).items()}
-    ceiling = natural_ceiling(count, by_label, prior, settings)
+    aux_features = _index(aux_texts)
+    vouched: dict[int, set[str]] = defaultdict(set)
+    for fs, y in zip(aux_features, aux_labels, strict=True):
+        vouched[y] |= fs
+    ceiling = natural_ceiling(count, by_label, prior, settings, vouched)
 
     candidates = {(f, c) for f, nf in count.items() if nf >= settings.min_rows
                   for c, k in by_label[f].items() if k / nf > ceiling[c]}
@@ -146,16 +155,14 @@ def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequen
             rows_of[f].append(i)
     groups: dict[tuple[int, tuple[int, ...]], str] = {}
     for f, c in sorted(candidates, key=lambda fc: (len(fc[0]), fc[0])):
-        key = (c, tuple(i for i in rows_of[f] if labels[i] == c))
-        groups.setdefault(key, f)
-    tests = [(f, c, count[f], by_label[f][c]) for (c, _rows), f in groups.items()]
-    p_values = [float(stats.binom.sf(k - 1, nf, ceiling[c])) for _f, c, nf, k in tests]
-    hits = [(t, p) for t, p, r in zip(tests, p_values, benjamini_hochberg(p_values, settings.fdr), strict=True)
+        groups.setdefault((c, tuple(i for i in rows_of[f] if labels[i] == c)), f)
+    grouped = [(f, c, count[f], by_label[f][c]) for (c, _rows), f in groups.items()]
+    p_values = [float(stats.binom.sf(k - 1, nf, ceiling[c])) for _f, c, nf, k in grouped]
+    hits = [(t, p) for t, p, r in zip(grouped, p_values, benjamini_hochberg(p_values, settings.fdr), strict=True)
             if r]
     if not hits:
         return [], features
 
-    aux_features = _index(aux_texts)
     n_aux = len(aux_texts)
     aux_p: list[float] = []
     aux_counts: list[tuple[int, int]] = []

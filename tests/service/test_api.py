@@ -211,3 +211,15 @@ def test_a_model_that_cannot_be_resolved_is_refused_with_the_reason(api: Api, da
     message = r.json()["error"]["message"]
     assert "no-such-org/no-such-model" in message and "not a known alias" in message
     assert api.client.get("/jobs", headers=api.h()).json()["data"] == []
+
+
+def test_the_docs_page_loads_its_assets_from_the_service(api: Api) -> None:
+    """No CDN: /docs works on a machine without internet access."""
+    import re
+
+    page = api.client.get("/docs").text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert assets and not [a for a in assets if a.startswith(("http://", "https://", "//"))], assets
+    for asset in assets:
+        assert api.client.get(asset).status_code == 200, asset
+    assert "swagger-ui-bundle.js" in page
