@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from api.errors import ApiError
 from core.config import TrainConfig, resolve_config
 from core.errors import ConfigError
+from core.jobs.policy import device_allowed, model_allowed
+from core.jobs.settings import Settings
 from core.models.availability import check_model
 
 # Keys that configure the job rather than training; everything else must be a TrainConfig field.
@@ -30,6 +32,21 @@ class JobOptions:
 
 def _bad(message: str, param: str = "config") -> ApiError:
     return ApiError(422, "invalid_config", message, param=param)
+
+
+def check_choices(options: JobOptions, settings: Settings) -> None:
+    """The operator's allow-lists first, then whether the model resolves at all (422 with the reason)."""
+    model, device = options.train.model, options.train.device
+    if not model_allowed(model, settings.allowed_models):
+        raise ApiError(422, "model_not_allowed", f"model {model!r} is not allowed on this service; allowed: "
+                       f"{', '.join(settings.allowed_models)} (MUSCLE_ALLOWED_MODELS)", param="config.model")
+    if not device_allowed(device, settings.allowed_devices):
+        raise ApiError(422, "device_not_allowed", f"device {device!r} is not allowed on this service; allowed: "
+                       f"{', '.join(settings.allowed_devices)} (MUSCLE_ALLOWED_DEVICES)", param="config.device")
+    try:
+        check_model(model)
+    except ConfigError as exc:
+        raise _bad(str(exc), "config.model") from exc
 
 
 def parse_config(text: str | None) -> JobOptions:
@@ -73,8 +90,4 @@ def options_from(raw: dict[str, Any]) -> JobOptions:
         raise _bad(f"{where}: {err['msg']}", f"config.{where}" if where else "config") from exc
     except ValueError as exc:
         raise _bad(str(exc), "config.profile") from exc
-    try:
-        check_model(train.model)
-    except ConfigError as exc:
-        raise _bad(str(exc), "config.model") from exc
     return JobOptions(request=raw, train=train, metadata=metadata, probes=probes, **columns)

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import UploadFile
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.files import describe, owned_file, purpose_of, register
-from api.job_config import JOB_KEYS, JobOptions, options_from, parse_config
+from api.job_config import JOB_KEYS, JobOptions, check_choices, options_from, parse_config
 from api.job_request import file_ids, settings_of
 from api.queue import Dispatcher
 from api.uploads import StagedFile, extension, probe_name, remove, stage
@@ -114,12 +114,28 @@ def _validate(inputs: JobInputs, options: JobOptions) -> dict[str, Any]:
     return json_safe(summary or {})  # int label ids -> str keys, NaN -> null
 
 
+RETRY_AFTER_SECONDS = 60
+
+
+def _check_queue_limit(db: Session, settings: Settings, owner: ApiKey) -> None:
+    limit = settings.max_queued_jobs_per_key
+    if not limit:
+        return
+    waiting = db.scalar(select(func.count()).select_from(Job).where(
+        Job.owner_id == owner.id, Job.status.in_((VALIDATING, QUEUED)))) or 0
+    if waiting >= limit:
+        raise ApiError(429, "too_many_queued_jobs", f"this API key has {waiting} jobs waiting; the limit is "
+                       f"{limit} (MUSCLE_MAX_QUEUED_JOBS_PER_KEY): retry when one has started",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _reserve(db: Session, settings: Settings, owner: ApiKey, options: JobOptions, request_hash: str,
              idempotency_key: str | None) -> Created:
     """Insert the job as `validating` (with its idempotency key), or find the one a retry refers to."""
     if idempotency_key and (job := _replay(db, owner, idempotency_key, request_hash,
                                            settings.idempotency_ttl_seconds)):
         return Created(job, replayed=True)
+    _check_queue_limit(db, settings, owner)
     job = Job(id=new_id("job"), owner_id=owner.id, status=VALIDATING, created_at=utcnow(),
               request_config=options.request, config=options.train.model_dump(mode="json"),
               inputs={}, job_metadata=options.metadata)
@@ -235,6 +251,7 @@ def create_job_from_files(db: Session, settings: Settings, store: ArtifactStore,
     """POST /jobs with a JSON body: files by id (api.job_request.JobCreate)."""
     _check_key(idempotency_key)
     options = options_from(settings_of(body))
+    check_choices(options, settings)
     folder = _scratch(settings)
     try:
         return _submit(db, settings, store, dispatcher, owner, options,
@@ -256,6 +273,7 @@ def create_job(db: Session, settings: Settings, store: ArtifactStore, dispatcher
     """POST /jobs with a multipart form: the files themselves."""
     _check_key(idempotency_key)
     options = parse_config(config_text)
+    check_choices(options, settings)
     folder = _scratch(settings)
     try:
         files = _stage_all(folder, settings, train, aux, eval_file, probe_files)

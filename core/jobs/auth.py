@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.jobs.ids import new_id
-from core.jobs.models import ApiKey
+from core.jobs.models import ApiKey, utcnow
 
 KEY_PREFIX = "msk_"
 
@@ -45,6 +45,18 @@ def lookup_key(session: Session, key: str) -> ApiKey | None:
     # The index lookup already matched; compare again in constant time for good measure.
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
+    return row
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)).all())
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey | None:
+    """Revoke a key by id (its requests answer 401 from now on); None when there is no such key."""
+    row = session.get(ApiKey, key_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
     return row
 
 

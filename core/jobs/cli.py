@@ -26,6 +26,43 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database() -> str:
+    from core.jobs.migrate import upgrade
+    from core.jobs.settings import get_settings
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    return settings.database_url
+
+
+def cmd_apikey_list(args: argparse.Namespace) -> int:
+    from core.jobs.auth import list_keys
+    from core.jobs.db import session_scope
+
+    with session_scope(_database()) as db:
+        rows = list_keys(db)
+        print(f"{'id':<30} {'prefix':<9} {'created (UTC)':<20} {'revoked (UTC)':<20} name")
+        for r in rows:
+            revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else "-"
+            print(f"{r.id:<30} {r.prefix:<9} {r.created_at.strftime('%Y-%m-%d %H:%M:%S'):<20} {revoked:<20} "
+                  f"{r.name}")
+    return 0
+
+
+def cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from core.jobs.auth import revoke_key
+    from core.jobs.db import session_scope
+
+    with session_scope(_database()) as db:
+        row = revoke_key(db, args.key_id)
+        if row is None:
+            print(f"error: no API key {args.key_id!r} (`muscle apikey list` shows them)", file=sys.stderr)
+            return 1
+        print(f"revoked {row.id} ({row.name!r}); its requests now answer 401", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from core.jobs.serve import serve
 
@@ -48,6 +85,11 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     c = ksub.add_parser("create", help="create an API key; prints it as the last line")
     c.add_argument("--name", required=True, help="who or what the key is for")
     c.set_defaults(func=cmd_apikey_create)
+    ls = ksub.add_parser("list", help="every key: id, prefix, created, revoked, name (never the key)")
+    ls.set_defaults(func=cmd_apikey_list)
+    r = ksub.add_parser("revoke", help="revoke a key by id; its requests answer 401 from then on")
+    r.add_argument("key_id", help="the key's id (key_...), as `muscle apikey list` shows it")
+    r.set_defaults(func=cmd_apikey_revoke)
 
     from core.jobs.client_cli import add_jobs_commands
 

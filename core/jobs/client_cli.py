@@ -111,7 +111,8 @@ def _follow(client: JobsClient, job_id: str) -> int:
                 if bar is None:
                     bar = tqdm(total=data["total_steps"], unit="step", file=sys.stderr, dynamic_ncols=True)
                 bar.n = data["step"]
-                bar.set_postfix(epoch=data.get("epoch"), loss=f"{data['loss']:.4g}" if data.get("loss") else None)
+                bar.set_postfix(epoch=data.get("epoch"), loss=f"{data['loss']:.4g}" if data.get("loss") else None,
+                                refresh=False)
                 bar.refresh()
                 continue
             line = f"{_when(event['created_at'])} {event['type']}: {event['message']}"

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="limit on one POST /jobs body (413)")
     max_rows: int = Field(1_000_000, ge=1, description="limit on rows in any one uploaded file (422)")
     max_probe_files: int = Field(16, ge=0)
+    max_queued_jobs_per_key: int = Field(20, ge=0, description="jobs a key may have waiting (validating "
+                                         "or queued); more answer 429 with Retry-After; 0 = no limit")
+    allowed_models: list[str] = Field(["minilm", "hub:*"], description="models a job may name (JSON list): "
+                                      "exact names, fnmatch patterns, `hub:PATTERN` for hub ids, a folder "
+                                      "path for a local model (never a folder not listed); `*` allows all")
+    allowed_devices: list[str] = Field(["auto", "cpu"], description="devices a job may ask for (JSON list)")
 
     queue: str = "muscle"
     lease_seconds: float = Field(60.0, gt=0, description="a worker's claim on a job; renewed by heartbeat")

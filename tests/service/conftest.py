@@ -205,6 +205,7 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 # -- settings and keys --------------------------------------------------------------------------
 def make_settings(tmp_path: Path, database_url: str, broker_url: str, queue: str,
                   **extra: object) -> Settings:
+    extra.setdefault("allowed_models", ["*"])  # the tests' tiny models live in temporary folders
     return Settings(data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
                     queue=queue, **extra)
 
@@ -252,7 +253,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin: str, redis_u
            "MUSCLE_DATA_DIR": str(folder / "data"), "MUSCLE_DATABASE_URL": database,
            "MUSCLE_BROKER_URL": redis_url, "MUSCLE_QUEUE": stack_queue,
            "MUSCLE_ARTIFACTS": f"s3://{bucket}/service", "MUSCLE_S3_ENDPOINT_URL": s3_endpoint,
-           "MUSCLE_WORK_DIR": str(folder / "work"),
+           "MUSCLE_WORK_DIR": str(folder / "work"), "MUSCLE_ALLOWED_MODELS": '["*"]',
            "MUSCLE_LEASE_SECONDS": "4", "MUSCLE_HEARTBEAT_SECONDS": "1",
            "MUSCLE_REAPER_INTERVAL_SECONDS": "1",
            "MUSCLE_PROGRESS_INTERVAL_SECONDS": "0.5", "MUSCLE_CANCEL_POLL_SECONDS": "0.2",

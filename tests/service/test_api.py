@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,3 +224,39 @@ def test_the_docs_page_loads_its_assets_from_the_service(api: Api) -> None:
     for asset in assets:
         assert api.client.get(asset).status_code == 200, asset
     assert "swagger-ui-bundle.js" in page
+
+
+def test_the_operator_chooses_which_models_and_devices_a_job_may_use(
+        make_api: Callable[..., Api], dataset: dict[str, Path], tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    (models / "tiny" / "config.json").write_text('{"model_type": "bert"}')
+    api = make_api(allowed_models=["minilm", "hub:sentence-transformers/*", str(models)],
+                   allowed_devices=["auto", "cpu"])
+
+    def answer(**config: Any) -> tuple[int, str, str | None]:
+        r = api.create(dataset, ("train", "aux"), config=json.dumps(config))
+        body = r.json()
+        error = body.get("error") or {}
+        return r.status_code, error.get("code", ""), error.get("param")
+
+    assert answer(model="/etc") == (422, "model_not_allowed", "config.model")  # a folder not listed
+    assert answer(model="../../etc") == (422, "model_not_allowed", "config.model")
+    assert answer(model="someone/model") == (422, "model_not_allowed", "config.model")
+    assert answer(model="sentence-transformers/x")[1] == "invalid_config"  # allowed, but not resolvable here
+    assert answer(model=str(models / "tiny"))[0] == 201  # under an allowed folder
+    assert answer(device="cuda:3") == (422, "device_not_allowed", "config.device")
+    assert answer(device="cpu")[0] == 201
+
+
+def test_a_key_with_too_many_waiting_jobs_gets_429_with_retry_after(
+        make_api: Callable[..., Api], dataset: dict[str, Path]) -> None:
+    api = make_api(max_queued_jobs_per_key=2)
+    assert [api.create(dataset, ("train", "aux")).status_code for _ in range(2)] == [201, 201]
+    r = api.create(dataset, ("train", "aux"))
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.json()["error"]["code"] == "too_many_queued_jobs"
+    assert api.create(dataset, ("train", "aux"), key=api.other).status_code == 201  # per key
+    first = api.client.get("/jobs", headers=api.h()).json()["data"][-1]["id"]
+    api.client.post(f"/jobs/{first}/cancel", headers=api.h())
+    assert api.create(dataset, ("train", "aux")).status_code == 201
