@@ -19,15 +19,42 @@ def _screen_line(screen: dict[str, Any] | None) -> str:
             f"{screen['rows_kept']}.")
 
 
+PACKAGED_BASE = "sentence-transformers/all-MiniLM-L6-v2"  # what `minilm` packages (Apache-2.0)
+
+
+def base_model(model: str) -> str | None:
+    """The hub id the weights started from, when there is one (a local folder has none)."""
+    if model.strip().lower() == "minilm":
+        return PACKAGED_BASE
+    return None if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists() else model
+
+
+def card_metadata(metrics: dict[str, Any]) -> str:
+    """The YAML header the Hub reads: base model, license, tags and a model-index with CACC and each ASR."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task = "text-classification"
+    results = [EvalResult(task_type=task, dataset_type="user-provided", dataset_name=metrics["cacc_source"],
+                          metric_type="accuracy", metric_value=metrics["cacc"], metric_name="CACC")]
+    results += [EvalResult(task_type=task, dataset_type="user-provided", dataset_name=f"attack probe {name}",
+                           metric_type="attack_success_rate", metric_value=value, metric_name=f"ASR ({name})")
+                for name, value in metrics["asr"].items()]
+    base = base_model(metrics["config"]["model"])
+    data = ModelCardData(
+        base_model=base, library_name="transformers", pipeline_tag=task,
+        license="apache-2.0" if base == PACKAGED_BASE else "other",
+        tags=["backdoor-defense", "data-screening", "muscle-lora", f"method-{metrics['method']}"],
+        model_name=f"muscle-{metrics['method']}", eval_results=results)
+    return data.to_yaml()
+
+
 def render_model_card(metrics: dict[str, Any]) -> str:
     cfg = metrics["config"]
     asr_rows = "\n".join(f"| {name} | {_pct(v)} |" for name, v in metrics["asr"].items()) or "| (none) | |"
     hashes = "\n".join(f"- {role}: `{digest}`" for role, digest in metrics["data_sha256"].items())
     versions = ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
     return f"""---
-library_name: transformers
-pipeline_tag: text-classification
-tags: [backdoor-defense, data-screening, muscle-lora]
+{card_metadata(metrics)}
 ---
 
 # Classifier trained with backdoor defense `{metrics['method']}`
@@ -60,9 +87,14 @@ ASR is the share of triggered rows whose true label is not the target
 - Input files (sha256):
 {hashes}
 
-The fully resolved configuration and per-epoch history are in `metrics.json` next to this folder.
+The fully resolved configuration, the screen's findings and the per-epoch history are in `metrics.json`
+in this folder; the numbers above can be recomputed from these weights and the files named by their hashes.
 """
 
 
-def write_model_card(path: Path, metrics: dict[str, Any]) -> None:
-    path.write_text(render_model_card(metrics))
+def write_model_card(folder: Path, metrics: dict[str, Any]) -> None:
+    """README.md (the card) and metrics.json, inside the model folder, so the download carries both."""
+    import json
+
+    (folder / "README.md").write_text(render_model_card(metrics))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

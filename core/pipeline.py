@@ -362,7 +362,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         metrics.update({"canary": canary, "canary_asr": canary["canary_asr"]})
     write_json_atomic(metrics_path, metrics)
     if model_dir is not None:
-        write_model_card(model_dir / "README.md", metrics)
+        write_model_card(model_dir, metrics)
     emit(ProgressEvent(kind="phase", phase="done", message="finished",
                        metrics={"cacc": cacc, "asr": asr, "best_epoch": outcome.best_epoch}))
     return JobResult(out_dir, metrics, model_dir, adapter_dir)

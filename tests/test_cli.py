@@ -77,6 +77,14 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     assert metrics["data_sha256"]["train"] and "eval file" in metrics["cacc_source"]
     assert (out / "adapter").is_dir() and (out / "model" / "README.md").is_file()
     assert "Clean accuracy" in (out / "model" / "README.md").read_text()
+    assert json.loads((out / "model" / "metrics.json").read_text()) == metrics  # the download carries it
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "model" / "README.md").data
+    assert card.library_name == "transformers" and card.pipeline_tag == "text-classification"
+    assert card.base_model is None and card.license == "other"  # a local folder names no hub model
+    scores = {r.metric_name: r.metric_value for r in card.eval_results}
+    assert scores == {"CACC": metrics["cacc"], "ASR (badnets)": metrics["asr"]["badnets"]}
     printed = json.loads(capsys.readouterr().out)
     assert printed["cacc"] == metrics["cacc"]
 

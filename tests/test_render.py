@@ -304,3 +304,15 @@ def test_e2e_table_reads_each_job_against_its_backdoor_free_model() -> None:
     assert lines[2] == "| badnets | 0.1 | 86.0 / 20.0 | 85.0 / 22.0 | -1.0 | +2.0 | 100.0 / 0.0 | 10 |"
     # no backdoor-free run of its own: read against badnets' at 10%, and said so
     assert lines[3] == "| addsent | 0.01 | 86.0 / 20.0 (proxy) | 87.0 / 18.0 | +1.0 | -2.0 | 50.0 / 0.1 | 10 |"
+
+
+def test_the_model_card_names_the_packaged_base_model_and_its_license() -> None:
+    from core.model_card import base_model, card_metadata
+
+    assert base_model("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert base_model("bert-base-uncased") == "bert-base-uncased" and base_model("/models/x") is None
+    metrics = {"config": {"model": "minilm"}, "method": "vanilla", "cacc": 0.87, "asr": {"badnets": 0.14},
+               "cacc_source": "eval file test.tsv"}
+    meta = card_metadata(metrics)
+    assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in meta and "license: apache-2.0" in meta
+    assert "name: ASR (badnets)" in meta and "value: 0.87" in meta

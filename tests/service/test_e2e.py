@@ -218,6 +218,11 @@ def test_the_jobs_client_uploads_creates_by_json_follows_and_downloads(
     preds = predictions(tmp_path / "m", [row["text"] for row in eval_rows], max_length=32)
     cacc = sum(p == row["label"] for p, row in zip(preds, eval_rows, strict=True)) / len(eval_rows)
     assert cacc == report["cacc"] == job["metrics"]["cacc"]
+    from huggingface_hub import ModelCard  # the archive's card, as the Hub would read it
+
+    card = ModelCard.load(tmp_path / "m" / "README.md").data
+    assert {r.metric_name: r.metric_value for r in card.eval_results}["CACC"] == report["cacc"]
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["cacc"] == report["cacc"]
 
     missing = muscle(stack, "jobs", "download", job_id, "--model", str(tmp_path / "m2"),
                      "--url", "http://127.0.0.1:9")  # nothing listens there
