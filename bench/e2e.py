@@ -132,6 +132,9 @@ def table(records: dict[str, dict[str, Any]], tag: str = "v1") -> str:
         free, job = by.get((attack, rate, "free")), by.get((attack, rate, "default"))
         probe = PROBE[attack]
         proxy = ""
+        exact = ((job or {}).get("screen") or {})
+        if free is None and exact.get("recall") == 1.0 and exact.get("false_removal_rate") == 0.0:
+            free, proxy = job, " (exact: the kept rows are the clean rows)"  # same training, same rows
         if free is None:  # the backdoor-free model of another file of the same size (see the notes)
             free = by.get(("badnets", 0.1, "free"))
             proxy = " (proxy)"

@@ -55,6 +55,10 @@ def _on_ready(**_: Any) -> None:
     from worker.sweeper import Sweeper
 
     settings.ensure_dirs()
+    if settings.worker_metrics_port:
+        from worker.metrics import start_exporter
+
+        start_exporter(settings.worker_metrics_port, settings.worker_metrics_host)
     _sweeper = Sweeper(settings, dispatch)
     _sweeper.start()  # its first pass is the startup sweep
     _preload()

@@ -17,6 +17,7 @@ from core.jobs.events import add_event
 from core.jobs.models import EVALUATING, Job
 from core.jobs.settings import Settings
 from core.jobs.userfiles import json_safe
+from worker.metrics import StepClock
 
 log = logging.getLogger("worker.progress")
 
@@ -24,8 +25,10 @@ EVALUATING_PHASES = ("exporting", "evaluating")
 
 
 class ProgressRecorder:
-    def __init__(self, settings: Settings, job_id: str, owner: str, total_epochs: int) -> None:
+    def __init__(self, settings: Settings, job_id: str, owner: str, total_epochs: int,
+                 batch_size: int = 0) -> None:
         self.settings = settings
+        self.clock = StepClock(batch_size)
         self.job_id = job_id
         self.owner = owner
         self.state: dict[str, Any] = {"phase": None, "epoch": None, "total_epochs": total_epochs,
@@ -63,6 +66,7 @@ class ProgressRecorder:
             self.state["eta_seconds"] = ev.eta_seconds
 
         if ev.kind == "step":
+            self.clock.step(ev.step)
             self._dirty = True
             if time.monotonic() - self._last_step_write >= self.settings.progress_interval_seconds:
                 self._last_step_write = time.monotonic()

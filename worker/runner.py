@@ -26,10 +26,11 @@ from core.jobs.archive import make_tarball, sha256_file
 from core.jobs.artifacts import ArtifactStore, job_prefix
 from core.jobs.db import session_scope
 from core.jobs.events import add_event
-from core.jobs.models import ACTIVE, CANCELLED, FAILED, SUCCEEDED, Job
+from core.jobs.models import ACTIVE, CANCELLED, FAILED, SUCCEEDED, Job, utcnow
 from core.jobs.settings import Settings
 from core.jobs.userfiles import json_safe, metrics_summary, user_error
 from worker.lease_keeper import LeaseKeeper
+from worker.metrics import JOBS_FINISHED, JOBS_RUNNING, QUEUE_WAIT
 from worker.progress import ProgressRecorder
 
 log = logging.getLogger("worker.runner")
@@ -58,13 +59,21 @@ class JobRunner:
             assert job is not None
             db.refresh(job)
             snapshot = {"config": dict(job.config), "inputs": dict(job.inputs), "attempts": job.attempts}
-            recorder = ProgressRecorder(self.settings, job_id, owner, int(job.config.get("epochs", 0)))
+            recorder = ProgressRecorder(self.settings, job_id, owner, int(job.config.get("epochs", 0)),
+                                        int(job.config.get("batch_size", 0)))
             recorder.load(job)
+            if job.attempts == 1:
+                QUEUE_WAIT.observe(max((utcnow() - job.created_at).total_seconds(), 0.0))
 
         keeper = LeaseKeeper(self.settings, job_id, owner, self.shutdown).start()
+        JOBS_RUNNING.inc()
+        outcome = "crashed"
         try:
-            return self._run(job_id, owner, snapshot, keeper, recorder)
+            outcome = self._run(job_id, owner, snapshot, keeper, recorder)
+            return outcome
         finally:
+            JOBS_RUNNING.dec()
+            JOBS_FINISHED.labels(outcome).inc()
             keeper.stop()
 
     # -- steps -------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     allowed_devices: list[str] = Field(["auto", "cpu"], description="devices a job may ask for (JSON list)")
 
     queue: str = "muscle"
+    worker_metrics_port: int = Field(0, ge=0, description="port of the worker's Prometheus exporter; 0 = off")
+    worker_metrics_host: str = Field("127.0.0.1", description="address the worker's exporter binds")
     lease_seconds: float = Field(60.0, gt=0, description="a worker's claim on a job; renewed by heartbeat")
     heartbeat_seconds: float | None = Field(None, gt=0, description="default lease_seconds / 4")
     cancel_poll_seconds: float = Field(1.0, ge=0, description="how stale the cancel flag may be")

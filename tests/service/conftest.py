@@ -254,6 +254,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin: str, redis_u
            "MUSCLE_BROKER_URL": redis_url, "MUSCLE_QUEUE": stack_queue,
            "MUSCLE_ARTIFACTS": f"s3://{bucket}/service", "MUSCLE_S3_ENDPOINT_URL": s3_endpoint,
            "MUSCLE_WORK_DIR": str(folder / "work"), "MUSCLE_ALLOWED_MODELS": '["*"]',
+           "MUSCLE_WORKER_METRICS_PORT": str(free_port()),
            "MUSCLE_LEASE_SECONDS": "4", "MUSCLE_HEARTBEAT_SECONDS": "1",
            "MUSCLE_REAPER_INTERVAL_SECONDS": "1",
            "MUSCLE_PROGRESS_INTERVAL_SECONDS": "0.5", "MUSCLE_CANCEL_POLL_SECONDS": "0.2",

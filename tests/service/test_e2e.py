@@ -96,6 +96,15 @@ def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, d
             assert "analysis/frequency.json" in tar.getnames()
     assert report["cacc"] == metrics["cacc"] and report["asr"] == metrics["asr"]
 
+    # The worker's own exporter: step time, throughput, queue wait, nothing left running.
+    scraped = httpx.get(f"http://127.0.0.1:{stack.env['MUSCLE_WORKER_METRICS_PORT']}/metrics").text
+    values = {line.split()[0]: float(line.split()[1]) for line in scraped.splitlines()
+              if line and not line.startswith("#")}
+    assert values["muscle_worker_step_seconds_count"] >= job["progress"]["total_steps"] - 1
+    assert values["muscle_worker_samples_per_second"] > 0 and values["muscle_worker_jobs_running"] == 0
+    assert values["muscle_worker_queue_wait_seconds_count"] >= 1
+    assert values['muscle_worker_jobs_finished_total{outcome="succeeded"}'] >= 1
+
     with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
         tar.extractall(tmp_path, filter="data")
     model_dir = tmp_path / "model"
@@ -227,3 +236,37 @@ def test_the_jobs_client_uploads_creates_by_json_follows_and_downloads(
     missing = muscle(stack, "jobs", "download", job_id, "--model", str(tmp_path / "m2"),
                      "--url", "http://127.0.0.1:9")  # nothing listens there
     assert missing.returncode == 1 and "cannot reach the service" in missing.stderr
+
+
+def test_files_by_id_and_a_json_job_over_plain_http(stack: Stack, dataset: dict[str, Path], tiny_model: Path,
+                                                    tmp_path: Path) -> None:
+    """The same flow as a client in any language: POST /files, a JSON POST /jobs, the SSE stream, a download."""
+    with stack.client() as c:
+        ids = {}
+        for role, purpose in (("train", "train"), ("aux", "aux"), ("eval", "eval")):
+            r = c.post("/files", files={"file": (dataset[role].name, dataset[role].read_bytes())},
+                       data={"purpose": purpose})
+            assert r.status_code in (200, 201), r.text  # 200: the shared stack already holds this content
+            ids[role] = r.json()["id"]
+        r = c.post("/jobs", json={"training_file": ids["train"], "aux_file": ids["aux"], "eval_file": ids["eval"],
+                                  "model": str(tiny_model), "epochs": 1, "batch_size": 8, "max_length": 32,
+                                  "seed": 3, "device": "cpu"})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        kinds = []
+        with c.stream("GET", f"/jobs/{job_id}/events", params={"stream": "true"}, timeout=httpx.Timeout(300)) as s:
+            for line in s.iter_lines():
+                if line == "data: [DONE]":
+                    break
+                if line.startswith("data: "):
+                    kinds.append(json.loads(line[6:])["type"])
+        job = c.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "succeeded" and kinds[-1] == "job.succeeded", (job["error"], stack.log())
+        model = c.get(f"/jobs/{job_id}/model")
+    assert hashlib.sha256(model.content).hexdigest() == job["artifacts"]["model"]["sha256"]
+    with tarfile.open(fileobj=io.BytesIO(model.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    eval_rows = read_tsv(dataset["eval"])
+    preds = predictions(tmp_path / "model", [row["text"] for row in eval_rows], max_length=32)
+    assert sum(p == row["label"] for p, row in zip(preds, eval_rows, strict=True)) / len(eval_rows) \
+        == job["metrics"]["cacc"]

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.slow
 
 
 class Serve:
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
+    def __init__(self, data_dir: Path, port: int, log: Path, models: Path) -> None:
         env = {**os.environ, "MUSCLE_DATA_DIR": str(data_dir), "MUSCLE_PORT": str(port),
+               "MUSCLE_ALLOWED_MODELS": json.dumps(["minilm", str(models)]),  # the operator's model folder
                "MUSCLE_PROGRESS_INTERVAL_SECONDS": "0.5", "MUSCLE_CANCEL_POLL_SECONDS": "0.2",
                "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
         for name in ("MUSCLE_DATABASE_URL", "MUSCLE_BROKER_URL", "MUSCLE_ARTIFACTS", "MUSCLE_WORK_DIR"):
@@ -49,7 +50,7 @@ def test_serve_embedded_and_resume_after_a_warm_shutdown(tmp_path: Path, dataset
                                                          tiny_model: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    first = Serve(tmp_path / "muscle-data", port, tmp_path / "serve.log")
+    first = Serve(tmp_path / "muscle-data", port, tmp_path / "serve.log", tiny_model.parent)
     try:
         assert first.lines[0].startswith(f"MuScleLoRA job service: {url}")
         key = first.lines[-1]
@@ -72,7 +73,7 @@ def test_serve_embedded_and_resume_after_a_warm_shutdown(tmp_path: Path, dataset
     # Only the key's hash is stored.
     assert key.encode() not in (tmp_path / "muscle-data" / "muscle.sqlite").read_bytes()
 
-    second = Serve(tmp_path / "muscle-data", port, tmp_path / "serve.log")
+    second = Serve(tmp_path / "muscle-data", port, tmp_path / "serve.log", tiny_model.parent)
     try:
         assert "API key(s) exist" in second.lines[-1]  # no second key printed
         client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
