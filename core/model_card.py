@@ -29,6 +29,11 @@ def base_model(model: str) -> str | None:
     return None if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists() else model
 
 
+def portable_base_name(model: str) -> str:
+    """What an adapter names as its base: the hub id, or a local folder's name (never a worker path)."""
+    return base_model(model) or Path(model).expanduser().name
+
+
 def card_metadata(metrics: dict[str, Any]) -> str:
     """The YAML header the Hub reads: base model, license, tags and a model-index with CACC and each ASR."""
     from huggingface_hub import EvalResult, ModelCardData

@@ -275,7 +275,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     from core.canary_run import maybe_calibrate
     from core.defenses.build import defend
     from core.defenses.methods import export_adapter, export_merged
-    from core.model_card import write_model_card
+    from core.model_card import portable_base_name, write_model_card
     from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
     from core.training.loop import train
 
@@ -317,7 +317,7 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
 
     emit(ProgressEvent(kind="phase", phase="exporting", message="merging and saving the model"))
     model_dir = export_merged(model, tokenizer, out_dir / "model", fam)
-    adapter_dir = export_adapter(model, out_dir / "adapter")
+    adapter_dir = export_adapter(model, out_dir / "adapter", base_name=portable_base_name(config.model))
 
     emit(ProgressEvent(kind="phase", phase="evaluating", message="evaluating the exported model"))
     if model_dir is not None:

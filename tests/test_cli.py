@@ -78,6 +78,8 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     assert (out / "adapter").is_dir() and (out / "model" / "README.md").is_file()
     assert "Clean accuracy" in (out / "model" / "README.md").read_text()
     assert json.loads((out / "model" / "metrics.json").read_text()) == metrics  # the download carries it
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())  # a standard PEFT adapter
+    assert adapter["base_model_name_or_path"] == tiny_bert.name  # a folder's name, never a worker path
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(out / "model" / "README.md").data

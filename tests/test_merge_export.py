@@ -133,3 +133,25 @@ def test_adapter_export_round_trip(tiny, tmp_path: Path, fam: str, method: str) 
     rebuilt, rebuilt_tok = load_exported_adapter(out)
     after = predict_logits(rebuilt, rebuilt_tok, TEXTS, batch_size=8, max_length=64)
     assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
+
+
+@pytest.mark.parametrize("fam", ["bert", "roberta", "distilbert", "llama"])
+@pytest.mark.parametrize("method", ["lora", "muscle", "muscle-no-ga", "muscle-no-ms"])
+def test_the_adapter_is_a_standard_peft_adapter(tiny, tmp_path: Path, fam: str, method: str) -> None:  # type: ignore[no-untyped-def]
+    """Base model + `PeftModel.from_pretrained(base, adapter)` gives the merged model's logits: LoRA as
+    trained, the head and the MSLR layer as modules_to_save with their merged weights."""
+    from peft import PeftModel
+
+    model, tok = _trained(tiny, fam, method, num_labels=3)
+    merged_dir = export_merged(model, tok, tmp_path / "model", fam)
+    out = export_adapter(model, tmp_path / "adapter", base_name=str(tiny(fam, 3)))
+    assert out is not None and (out / "adapter_config.json").is_file()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == str(tiny(fam, 3))
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    labels = {k: getattr(merged.config, k) for k in ("id2label", "label2id", "pad_token_id")}
+    base = AutoModelForSequenceClassification.from_pretrained(tiny(fam, 3), **labels)
+    loaded = PeftModel.from_pretrained(base, out).eval()
+    want = predict_logits(merged, tok, TEXTS, batch_size=8, max_length=64)
+    got = predict_logits(loaded, tok, TEXTS, batch_size=8, max_length=64)
+    assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()

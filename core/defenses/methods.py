@@ -285,9 +285,54 @@ def export_merged(model: nn.Module, tokenizer: Any, out_dir: str | Path, family:
     return out
 
 
-def export_adapter(model: nn.Module, out_dir: str | Path) -> Path | None:
+# Module names (PEFT `modules_to_save`, matched by suffix) whose merged weights a standard PEFT adapter
+# carries whole: the head, and the layer MSLR wraps (its low-rank path is merged into it).
+PEFT_SAVED_MODULES: dict[str, list[str]] = {
+    "bert": ["pooler", "classifier"],
+    "roberta": ["classifier"],
+    "distilbert": ["pre_classifier", "classifier"],
+    "llama": ["score"],
+}
+
+
+def _is_lora(model: nn.Module) -> bool:
+    from peft import PeftType
+
+    config = getattr(model, "peft_config", {}).get("default")
+    return config is not None and config.peft_type == PeftType.LORA
+
+
+def write_peft_adapter(model: nn.Module, out: Path, base_name: str | None) -> None:
+    """A standard PEFT adapter at the root of `out`: `adapter_config.json` + `adapter_model.safetensors`,
+    loadable with `PeftModel.from_pretrained(base, out)` on the base model (with the same labels). The LoRA
+    weights as trained; the head and the MSLR layer as `modules_to_save` with their merged weights (MSLR
+    is a low-rank update of its layer; the Llama head collapses into `score`), so nothing else is needed."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    info = defense_info(model)
+    assert info is not None
+    state = {k: v for k, v in get_peft_model_state_dict(model).items() if "lora_" in k}
+    merged = _merged_copy(model, inplace=False)
+    saved = PEFT_SAVED_MODULES[info.family]
+    for name, module in merged.named_modules():
+        if name and any(name == t or name.endswith("." + t) for t in saved):
+            for key, value in module.state_dict().items():
+                state[f"base_model.model.{name}.{key}"] = value
+    config = copy.deepcopy(model.peft_config["default"])
+    config.modules_to_save = list(saved)
+    config.base_model_name_or_path = base_name
+    config.save_pretrained(str(out))
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()},
+              str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def export_adapter(model: nn.Module, out_dir: str | Path, base_name: str | None = None) -> Path | None:
     """The trained parts alone, for users who keep the base model.
 
+    * ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA-based methods): a standard PEFT
+      adapter, `PeftModel.from_pretrained(base, out_dir)` (see `write_peft_adapter`); `base_name` is the
+      portable base model name it records (a hub id);
     * ``peft/``: PEFT ``save_pretrained`` (LoRA or prefix weights, loadable with PEFT);
     * ``muscle_tensors.safetensors``: every other tensor the base checkpoint does not hold: MSLR
       ``L``, ``R``, ``K`` and its frozen base ``W0``/``b0``, the head (frozen random or trained, incl. the
@@ -314,6 +359,8 @@ def export_adapter(model: nn.Module, out_dir: str | Path) -> Path | None:
     if isinstance(model, PeftModel):
         model.save_pretrained(out / "peft")
         peft_dir = "peft"
+        if _is_lora(model):
+            write_peft_adapter(model, out, base_name)
 
     tensors: dict[str, torch.Tensor] = {}
     mslr: list[dict[str, Any]] = []
