@@ -50,6 +50,23 @@ def test_third_party_images_are_pinned_and_every_service_is_checked() -> None:
     assert services["api"]["healthcheck"]["test"]
 
 
+def compose_command() -> list[str] | None:
+    """`docker compose` (the plugin) or `docker-compose` (Debian's package), whichever this machine has."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
+                                                 timeout=30).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def test_compose_file_is_valid() -> None:
+    command = compose_command()
+    if command is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
+    done = subprocess.run([*command, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 def test_the_image_builds_where_docker_runs() -> None:
     if not docker_daemon():
