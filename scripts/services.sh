@@ -36,4 +36,8 @@ fi
 pg_up || { echo "[services] PostgreSQL did not start on 127.0.0.1:5432" >&2; exit 1; }
 psql -h 127.0.0.1 -U postgres -tAc "select 1 from pg_database where datname='test'" | grep -q 1 || \
   psql -h 127.0.0.1 -U postgres -c "create database test" >/dev/null
+# The compose file's validator (tests/test_packaging.py): the plugin where Docker has it, else Debian's.
+if ! docker compose version >/dev/null 2>&1; then
+  need_pkg docker-compose docker-compose || echo "[services] docker-compose not installed: its check skips" >&2
+fi
 echo "[services] Redis and PostgreSQL are up" >&2
