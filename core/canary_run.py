@@ -35,13 +35,13 @@ from core.defenses.canary import (
     new_secret,
     plant_canary,
 )
-from core.engine import CancelCheck, ProgressCallback, ProgressEvent
 from core.errors import ConfigError
+from core.interface import CancelCheck, ProgressCallback, ProgressEvent
 
 if TYPE_CHECKING:  # core.pipeline imports this module; avoid the cycle at run time
     from torch import nn
 
-    from core.pipeline import PreparedData
+    from core.prepared import PreparedData
 
 CANARY_DIR = "canary"
 REPORT = "report.json"
@@ -160,11 +160,11 @@ def _write_secret(path: Path, secret: int) -> None:
 
 def _fingerprint(config: TrainConfig, data: PreparedData) -> str:
     """What a cached report depends on: the non-runtime settings and the rows it trained/selected on."""
-    from core.training.loop import RUNTIME_FIELDS, _fingerprint_rows
+    from core.training.loop import RUNTIME_FIELDS, fingerprint_rows
 
     settings = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUNTIME_FIELDS}
-    payload = json.dumps({"config": settings, "train": _fingerprint_rows(data.train),
-                          "aux": _fingerprint_rows(data.aux), "select": _fingerprint_rows(data.select)},
+    payload = json.dumps({"config": settings, "train": fingerprint_rows(data.train),
+                          "aux": fingerprint_rows(data.aux), "select": fingerprint_rows(data.select)},
                          sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +18,10 @@ from core.config import LLAMA_REFERENCE, TrainConfig
 from core.data.dataset import Example, check_aux, load_examples, stratified_split
 from core.data.labels import LabelMap
 from core.data.table import read_table
-from core.engine import CancelCheck, JobInputs, JobResult, ProgressCallback, ProgressEvent
 from core.errors import ConfigError, DataError
+from core.interface import CancelCheck, JobInputs, JobResult, ProgressCallback, ProgressEvent
 from core.metrics import FLOOR_MONITOR
-
-
-@dataclass
-class PreparedData:
-    label_map: LabelMap
-    target: int
-    train: list[Example]
-    aux: list[Example]
-    select: list[Example]
-    eval: list[Example]
-    probes: dict[str, list[Example]]
-    sources: dict[str, str]  # where select/eval rows came from, as written into metrics.json
-    sha256: dict[str, str] = field(default_factory=dict)
-    select_from_aux: bool = False  # select is a slice of the aux file (no --select file)
-
-    @property
-    def trusted(self) -> list[Example]:
-        """The rows of the user's trusted aux file (its select slice included)."""
-        return [*self.aux, *self.select] if self.select_from_aux else list(self.aux)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "labels": self.label_map.id2label,
-            "target_label": self.label_map.id2label[self.target],
-            "rows": {"train": len(self.train), "aux": len(self.aux), "select": len(self.select),
-                     "eval": len(self.eval), **{f"probe:{k}": len(v) for k, v in self.probes.items()}},
-            "sources": self.sources,
-        }
+from core.prepared import PreparedData
 
 
 def file_sha256(path: Path) -> str:
@@ -200,7 +172,7 @@ class FrequencyHook:
                                     message="frequency analysis", metrics={"frequency": summary}))
 
     def finish(self, out: Path) -> list[Path]:
-        from core.analysis.frequency import write_report
+        from core.analysis.plots import write_report
 
         return write_report(self.tracker, out)
 

@@ -27,7 +27,7 @@ from core.defenses.methods import apply_defense
 from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
 from core.models.backbones import load_backbone
-from core.pipeline import PreparedData
+from core.prepared import PreparedData
 from tests.tiny_models import TinyLabels, make_tiny_model, shared_root
 
 POS = "good great fine nice wonderful excellent".split()

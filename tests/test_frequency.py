@@ -202,7 +202,8 @@ def test_tracker_and_plots(tiny: tuple, tmp_path) -> None:
 def test_build_tracker_and_write_report(tiny: tuple, tmp_path) -> None:
     from types import SimpleNamespace as Row
 
-    from core.analysis.frequency import build_tracker, write_report
+    from core.analysis.frequency import build_tracker
+    from core.analysis.plots import write_report
 
     model, tok = tiny
     clean = [Row(text=t, label=y) for t, y in zip(TEXTS, LABELS, strict=True)]

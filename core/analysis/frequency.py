@@ -338,17 +338,3 @@ def build_tracker(model: Any, tokenizer: Any, clean_rows: Sequence[Any], backdoo
     if backdoor_rows:
         sets["backdoor"] = ([r.text for r in backdoor_rows], [int(target)] * len(backdoor_rows))
     return FrequencyTracker(model, tokenizer, sets, num_classes, **kwargs)
-
-
-def write_report(tracker: FrequencyTracker, out_dir: str | Path, title: str | None = None) -> list[Path]:
-    """frequency.json plus the Fig. 1 and Fig. 2 style PNGs at δ = 4 into `out_dir`."""
-    from core.analysis.plots import plot_ratio_curves, plot_relative_error_heatmap
-
-    out = Path(out_dir)
-    paths = [tracker.save(out / "frequency.json")]
-    if tracker.history:
-        paths.append(plot_relative_error_heatmap(tracker.history, out / "frequency_re.png", tracker.deltas,
-                                                 title=title))
-        paths.append(plot_ratio_curves(tracker.history, out / "frequency_ratios.png", tracker.deltas,
-                                       title=title))
-    return paths

@@ -24,7 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, MaxNLocator, ScalarFormatter  # noqa: E402
 
-from core.analysis.frequency import DEFAULT_DELTAS, REPORT_DELTA, delta_index, series  # noqa: E402
+from core.analysis.frequency import (  # noqa: E402
+    DEFAULT_DELTAS,
+    REPORT_DELTA,
+    FrequencyTracker,
+    delta_index,
+    series,
+)
 
 ROWS = (("backdoor", "re_low", "Backdoor Low"), ("clean", "re_low", "Clean Low"),
         ("backdoor", "re_high", "Backdoor High"), ("clean", "re_high", "Clean High"))
@@ -136,3 +142,15 @@ def _save(fig: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def write_report(tracker: FrequencyTracker, out_dir: str | Path, title: str | None = None) -> list[Path]:
+    """frequency.json plus the Fig. 1 and Fig. 2 style PNGs at δ = 4 into `out_dir`."""
+    out = Path(out_dir)
+    paths = [tracker.save(out / "frequency.json")]
+    if tracker.history:
+        paths.append(plot_relative_error_heatmap(tracker.history, out / "frequency_re.png", tracker.deltas,
+                                                 title=title))
+        paths.append(plot_ratio_curves(tracker.history, out / "frequency_ratios.png", tracker.deltas,
+                                       title=title))
+    return paths

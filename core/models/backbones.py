@@ -24,25 +24,12 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-
-Family = str  # "bert" | "roberta" | "distilbert" | "llama"
-FAMILIES: tuple[str, ...] = ("bert", "roberta", "distilbert", "llama")
-
-# model_type -> family. Decoders must also pass the structural check in `_check_structure`.
-MODEL_TYPE_FAMILY: dict[str, str] = {
-    "bert": "bert",
-    "roberta": "roberta",
-    "xlm-roberta": "roberta",
-    "camembert": "roberta",
-    "distilbert": "distilbert",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "qwen3": "llama",
-}
-
-_SUPPORTED_TEXT = ("BERT-like encoders (bert), RoBERTa-like encoders (roberta, xlm-roberta, camembert), "
-                   "DistilBERT, and Llama-family decoders (llama, mistral, qwen2, qwen3)")
+from core.models.family import (  # noqa: F401 - family, unwrap: re-exported for the loaders' callers
+    SUPPORTED_TEXT,
+    family,
+    family_of_model_type,
+    unwrap,
+)
 
 
 class LabelMapLike(Protocol):
@@ -63,33 +50,6 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain transformers model under PEFT wrappers (PeftModel.base_model.model)."""
-    inner: Any = model
-    get_base = getattr(inner, "get_base_model", None)
-    if callable(get_base):
-        inner = get_base()
-    return inner
-
-
-def family_of_model_type(model_type: str, architecture: str | None = None) -> str:
-    fam = MODEL_TYPE_FAMILY.get(model_type)
-    if fam is None:
-        arch = f" ({architecture})" if architecture else ""
-        raise ConfigError(f"unsupported architecture: model_type {model_type!r}{arch}. The MuScleLoRA "
-                          f"defense knows where its layers go only for {_SUPPORTED_TEXT}.")
-    return fam
-
-
-def family(model: nn.Module) -> str:
-    """``bert`` | ``roberta`` | ``distilbert`` | ``llama`` for a (possibly PEFT-wrapped) model."""
-    base = unwrap(model)
-    config = getattr(base, "config", None)
-    if config is None:
-        raise ConfigError(f"{type(base).__name__} is not a transformers model")
-    return family_of_model_type(getattr(config, "model_type", ""), type(base).__name__)
-
-
 def _check_structure(model: nn.Module, fam: str) -> None:
     """The attributes the penultimate-layer rule relies on must exist (catches exotic subclasses)."""
     name = type(model).__name__
@@ -105,7 +65,7 @@ def _check_structure(model: nn.Module, fam: str) -> None:
         ok = isinstance(getattr(model, "score", None), nn.Linear) and {"q_proj", "v_proj"} <= names
     if not ok:
         raise ConfigError(f"unsupported architecture {name}: expected the standard {fam} classification "
-                          f"layout. Supported: {_SUPPORTED_TEXT}.")
+                          f"layout. Supported: {SUPPORTED_TEXT}.")
 
 
 @contextlib.contextmanager

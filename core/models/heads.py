@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from core.models.backbones import family, unwrap
+from core.models.family import family, unwrap
 
 LLAMA_HEAD_INNER = 16
 LLAMA_HEAD_DROPOUT = 0.1

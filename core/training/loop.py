@@ -38,8 +38,8 @@ from torch.nn import functional as F  # noqa: N812
 
 from core.config import CANARY_FIELDS
 from core.defenses.alignment import apply_alignment, mu_for_epoch
-from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
+from core.interface import ProgressEvent
 from core.models.backbones import effective_max_length, unwrap
 from core.models.heads import head_modules
 from core.training.batching import collate, encode_texts, model_input_names, pad_id_of
@@ -73,7 +73,7 @@ class TrainOutcome:
 # Helpers
 
 
-def _fingerprint_rows(rows: Sequence[Any]) -> str:
+def fingerprint_rows(rows: Sequence[Any]) -> str:
     h = hashlib.sha256()
     for r in rows:
         h.update(str(r.text).encode("utf-8", "surrogatepass"))
@@ -280,8 +280,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     fingerprint = {
         "config": {k: v for k, v in config.model_dump().items()
                    if k not in RUNTIME_FIELDS and k not in CANARY_FIELDS},
-        "data": {"train": _fingerprint_rows(train), "aux": _fingerprint_rows(aux) if use_ga else None,
-                 "select": _fingerprint_rows(select)},
+        "data": {"train": fingerprint_rows(train), "aux": fingerprint_rows(aux) if use_ga else None,
+                 "select": fingerprint_rows(select)},
         "state_keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
     }
     history: list[dict[str, Any]] = []
