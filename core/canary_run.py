@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core.attacks.probes import floor_rows
-from core.config import CANARY_FIELDS, TrainConfig
+from core.config import TrainConfig, fields_with
 from core.data.dataset import Example
 from core.defenses.canary import (
     canary_probe,
@@ -53,8 +53,7 @@ PROBE_PREFIX = "probe:"  # monitors: the job's own attack probes, when it has an
 PUBLIC_EXTRA = ("chance_accuracy", "warning", "screen")  # report fields kept in `extra`
 CHANCE_MARGIN = 0.02  # a chosen epoch within this of the majority-class share learned nothing
 # Settings a grid may not vary: calibration's own knobs, and those that change the data or the backbone.
-NOT_IN_GRID = frozenset({*CANARY_FIELDS, "fixed_epoch", "profile", "model", "target_label", "select_fraction",
-                         "eval_holdout_fraction", "min_aux_per_class", "device", "precision", "checkpoint_every_epoch"})
+NOT_IN_GRID = fields_with("canary") | fields_with("fixed")
 
 
 @dataclass

@@ -28,24 +28,35 @@ METHOD_PARTS: dict[str, dict[str, bool]] = {
 }
 
 
+def _roles(*roles: str) -> dict[str, Any]:
+    return {"roles": list(roles)}
+
+
+# What a field is, as metadata on the field (`fields_with`): `runtime` fields may differ between a run and
+# its resume (they do not change the training trajectory); `canary` fields are calibration's own (spent
+# before the shipped run trains); `fixed` fields change the data, the backbone or the run's bookkeeping, so a
+# canary grid may not vary them.
+RUNTIME, FIXED, RUNTIME_FIXED, CANARY = _roles("runtime"), _roles("fixed"), _roles("runtime", "fixed"), _roles("canary")
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a training run. Unknown keys are refused (typos must not pass silently)."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_attribute_docstrings=True)
 
-    profile: Literal["default", "reference"] = "default"
+    profile: Literal["default", "reference"] = Field("default", json_schema_extra=FIXED)
     """Preset the run started from: reference = the authors' code, default = tuned for MiniLM-sized encoders."""
-    method: Method = "muscle"
+    method: Method = "vanilla"
     """Defense: muscle, vanilla (full fine-tuning), lora, adapter, prefix, or an ablation."""
-    model: str = "minilm"
+    model: str = Field("minilm", json_schema_extra=FIXED)
     """Backbone: minilm (packaged all-MiniLM-L6-v2), a hub id or a local folder."""
     seed: int = 42
     """Seed for initialisation, shuffling and sampling; the same seed gives the same result on CPU."""
-    epochs: int = Field(10, ge=1, le=1000)
+    epochs: int = Field(3, ge=1, le=1000)
     """Training epochs."""
     batch_size: int = Field(32, ge=1)
     """Training rows per step."""
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(128, ge=1, json_schema_extra=RUNTIME)
     """Rows per evaluation batch (length-sorted)."""
     max_length: int = Field(512, ge=8)
     """Tokens per row after truncation."""
@@ -57,7 +68,7 @@ class TrainConfig(BaseModel):
     """Share of steps with linear warm-up."""
     grad_clip: float = Field(1.0, ge=0)  # 0 disables clipping
     """Gradient-norm clipping after alignment; 0 switches it off."""
-    target_label: str = "1"
+    target_label: str = Field("1", json_schema_extra=RUNTIME_FIXED)
     """The attack's target class: ASR counts rows of other classes predicted as this one."""
 
     # LoRA (PEFT) on the attention query/value projections.
@@ -77,7 +88,8 @@ class TrainConfig(BaseModel):
     """Bandwidth: each scale repeated this many times."""
     mslr_alpha: float = Field(6.0, gt=0)  # multiplier alpha/rank on the MSLR path
     """Multiplier of the multi-scale path (alpha / mslr_rank)."""
-    mslr_init: Literal["kaiming", "zero"] = "kaiming"  # authors: both L and R Kaiming (non-zero)
+    # zero: the authors' random update saturates MiniLM's pooler (bench/notes/muscle-efficacy-study.md)
+    mslr_init: Literal["kaiming", "zero"] = "zero"
     """Initialisation of the multi-scale factors: kaiming (authors, non-zero) or zero (R = 0, paper)."""
 
     # Head: the authors freeze the randomly initialised classifier whenever LoRA is on. `probe` starts the
@@ -91,16 +103,17 @@ class TrainConfig(BaseModel):
     # Gradient alignment.
     ga_granularity: Literal["per_tensor", "global", "per_row"] = "per_tensor"
     """Gradient alignment per parameter tensor (authors), once over the whole gradient, or per matrix row."""
-    ga_gate_loss: float | None = 0.4  # pure alignment while the clean loss is above this; None: no gate
+    # no gate: the gate's raw steps are where the backdoor leaks in (bench/notes/muscle-efficacy-study.md)
+    ga_gate_loss: float | None = None
     """Clean-loss gate: pure alignment while the clean batch loss is above this; null = no gate."""
     ga_min_ref_grad_norm: float = 5e-7
     """Below this mean clean-gradient norm the gate counts the clean gradient as zero."""
-    # ours: once the few aux rows saturate the pooler's tanh (float32 tanh' = 0), g_c is zero and the authors'
-    # code keeps that tensor's raw, poisoned gradient (bench/notes/muscle-efficacy-study.md finding 7).
-    ga_no_direction: Literal["keep_raw", "skip"] = "keep_raw"
+    # once the few aux rows saturate the pooler's tanh (float32 tanh' = 0), g_c is zero and the authors'
+    # code keeps that tensor's raw, poisoned gradient; skip takes no step there
+    ga_no_direction: Literal["keep_raw", "skip"] = "skip"
     """When a tensor's clean gradient gives no direction (none, or a norm at most ga_min_ref_grad_norm):
     keep_raw = keep its raw training gradient (authors), skip = no aligned update (Eq. 8 with g_a = 0)."""
-    mu_max: float = Field(0.1, ge=0, le=1)
+    mu_max: float = Field(0.0, ge=0, le=1)  # AdamW scales a small raw share up to full-sized steps
     """Largest share of the raw gradient mixed into the aligned one (Eq. 8)."""
     mu_start_epoch: int = Field(1, ge=0)  # GAEpoch
     """First 0-based epoch with mu > 0."""
@@ -124,38 +137,45 @@ class TrainConfig(BaseModel):
     # Canary calibration (issue: estimate backdoor suppression on the user's own data). A secret synthetic
     # trigger is planted in a copy of the training data; a first run reads its ASR per epoch on held-back
     # clean rows; the shipped model is trained again without it.
-    canary: bool = False
+    canary: bool = Field(False, json_schema_extra=CANARY)
     """Calibrate with a secret planted canary trigger: choose the epoch (and grid point) by canary ASR."""
-    canary_rate: float = Field(0.05, gt=0, lt=0.5)
+    canary_rate: float = Field(0.05, gt=0, lt=0.5, json_schema_extra=CANARY)
     """Share of training rows that get the canary trigger (in the calibration copy only)."""
-    canary_max_asr: float = Field(0.2, ge=0, le=1)  # epochs above this canary ASR are not chosen
+    # epochs above this canary ASR are not chosen
+    canary_max_asr: float = Field(0.2, ge=0, le=1, json_schema_extra=CANARY)
     """Epochs and settings whose canary lift (or ASR, see canary_criterion) is above this are not chosen."""
-    canary_criterion: Literal["lift", "asr"] = "lift"
+    canary_criterion: Literal["lift", "asr"] = Field("lift", json_schema_extra=CANARY)
     """What canary_max_asr bounds: lift = canary ASR minus the ASR of never-planted decoy tokens of the same
     kind (class bias and the effect of inserting random strings), asr = the canary ASR itself."""
-    canary_grid: dict[str, list[Any]] | None = None  # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
+    # e.g. {"lr": [1e-4, 3e-4], "mu_max": [0, 0.05]}
+    canary_grid: dict[str, list[Any]] | None = Field(None, json_schema_extra=CANARY)
     """Optional settings grid the canary chooses from, e.g. {"lr": [1e-4, 3e-4]}."""
-    fixed_epoch: int | None = Field(None, ge=1)  # ship this epoch instead of the best select accuracy
+    # ship this epoch instead of the best select accuracy
+    fixed_epoch: int | None = Field(None, ge=1, json_schema_extra=FIXED)
     """Ship this epoch instead of the one with the best selection accuracy."""
 
     # Frequency-space analysis (paper §3, Appendix A): LFR/HFR and relative errors of the clean mapping
     # (select rows) and the backdoor mapping (the first probe, else training rows marked `poisoned`)
     # every `frequency_every` steps of the first `frequency_epochs` epochs; 0 switches it off.
-    frequency_every: int = Field(0, ge=0)
+    frequency_every: int = Field(0, ge=0, json_schema_extra=RUNTIME)
     """Record frequency-space metrics every N steps; 0 switches the analysis off."""
-    frequency_epochs: int = Field(10, ge=1)
+    frequency_epochs: int = Field(10, ge=1, json_schema_extra=RUNTIME)
     """Record them during the first this-many epochs only."""
-    frequency_squared: bool = False  # paper's squared distance instead of the authors' plain distance
+    # paper's squared distance instead of the authors' plain distance
+    frequency_squared: bool = Field(False, json_schema_extra=RUNTIME)
     """Squared distances in the kernel (paper) instead of plain ones (authors' code)."""
-    frequency_max_rows: int | None = Field(512, ge=2)  # per set; the kernel is rows x rows
+    # per set; the kernel is rows x rows
+    frequency_max_rows: int | None = Field(512, ge=2, json_schema_extra=RUNTIME)
     """Rows per set in the frequency analysis (the kernel is rows x rows)."""
 
     # Data handling.
-    select_fraction: float = Field(0.25, gt=0, lt=1)  # share of aux held back for epoch choice w/o --select
+    # share of aux held back for epoch choice w/o --select
+    select_fraction: float = Field(0.25, gt=0, lt=1, json_schema_extra=RUNTIME_FIXED)
     """Share of the aux rows held back for epoch choice when no --select file is given."""
-    eval_holdout_fraction: float = Field(0.1, gt=0, lt=1)  # share of train held back as eval w/o --eval
+    # share of train held back as eval w/o --eval
+    eval_holdout_fraction: float = Field(0.1, gt=0, lt=1, json_schema_extra=RUNTIME_FIXED)
     """Share of training rows held back as the eval set when no --eval file is given."""
-    min_aux_per_class: int = Field(2, ge=1)
+    min_aux_per_class: int = Field(2, ge=1, json_schema_extra=RUNTIME_FIXED)
     """Fewest clean aux rows each class must have."""
 
     # Screen: find and drop poisoned training rows before any training (core/screen).
@@ -182,11 +202,12 @@ class TrainConfig(BaseModel):
     """Clusters per class in the learned screen."""
 
     # Runtime.
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = Field("auto", json_schema_extra=RUNTIME_FIXED)  # auto | cpu | cuda | cuda:N
     """auto, cpu, cuda or cuda:N."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # autocast on CUDA only
+    # autocast on CUDA only
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", json_schema_extra=RUNTIME_FIXED)
     """auto, fp32, bf16 or fp16; autocast applies on CUDA only."""
-    checkpoint_every_epoch: bool = True
+    checkpoint_every_epoch: bool = Field(True, json_schema_extra=RUNTIME_FIXED)
     """Write a resumable checkpoint after every epoch."""
 
     @field_validator("target_label", mode="before")
@@ -206,62 +227,40 @@ class TrainConfig(BaseModel):
         return METHOD_PARTS[self.method]
 
 
-# The authors' settings for BERT/RoBERTa-sized encoders (reference §8). Llama-family values are applied
-# per family by `family_overrides` when the profile is `reference`.
+# The class's defaults are the `default` profile: the default job is the screen and a short full fine-tune
+# (method vanilla, 3 epochs, lr 2e-5; bench/results/efficacy.md). `reference` is the authors' code
+# (reference-implementation.md §8): the differences from those defaults. Llama-family values are applied per
+# family by the pipeline when the profile is `reference` (LLAMA_REFERENCE).
 REFERENCE: dict[str, object] = {
+    "method": "muscle",
     "epochs": 10,
-    "batch_size": 32,
-    "lr": 2e-5,
-    "weight_decay": 0.0,
-    "warmup_ratio": 0.0,
-    "grad_clip": 1.0,
-    "max_length": 512,
-    "lora_r": 8,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "mslr_rank": 1,
-    "mslr_alpha": 6.0,
     "mslr_init": "kaiming",
-    "train_head": False,
-    "head_init": "random",
-    "ga_granularity": "per_tensor",
     "ga_gate_loss": 0.4,
-    "ga_min_ref_grad_norm": 5e-7,
     "ga_no_direction": "keep_raw",
     "mu_max": 0.1,
-    "mu_start_epoch": 1,
-    "mu_schedule": "per_epoch",
-    "aux_batch_size": 32,
-    "ga_ref_momentum": 0.0,
-    "seed": 42,
     "screen": False,  # the authors train on every row
 }
+PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": {}}
 
-# `default`: the reference settings with what the efficacy study found (bench/notes/muscle-efficacy-study.md):
-# a zero-initialised MSLR update (the authors' random one saturates MiniLM's pooler), no clean-loss gate (its
-# raw steps are where the backdoor leaks in), a larger lr for the shorter aligned steps, and no raw gradient
-# at all once the aux rows are fitted: none for tensors whose clean gradient vanished, and no mu share of it
-# either, since AdamW scales a small raw share up to full-sized steps once the aligned part is gone.
-# Per-family S still comes from `default_scales` (MiniLM: [1, 4, 8, 12, 16, 20]). The default job itself is
-# the screen and a short full fine-tune (method vanilla, below).
-DEFAULT: dict[str, object] = {**REFERENCE, "lr": 5e-4, "mslr_init": "zero", "ga_gate_loss": None,
-                              "ga_no_direction": "skip", "mu_max": 0.0, "method": "vanilla", "screen": True}
+# Values a profile gives one method before the caller's overrides. Under `default`, the low-rank methods
+# (LoRA, MSLR) take a larger lr for their smaller updates and the other baselines the authors' 10 epochs.
+_LOW_RANK = ("muscle", "muscle-no-ga", "muscle-no-ms", "lora")
+PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
+    "reference": {},
+    "default": {**{m: {"lr": 5e-4, "epochs": 10} for m in _LOW_RANK},
+                **{m: {"epochs": 10} for m in ("ga-only", "adapter", "prefix")}},
+}
 
-PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": DEFAULT}
+
+def fields_with(role: str) -> frozenset[str]:
+    """The TrainConfig fields with this role in their metadata (`runtime`, `canary`, `fixed`)."""
+    return frozenset(name for name, info in TrainConfig.model_fields.items()
+                     if role in (info.json_schema_extra or {}).get("roles", ()))  # type: ignore[union-attr]
+
 
 # Canary calibration's own settings: spent before the shipped run trains (they pick `fixed_epoch`), so they
 # neither block a resume nor may a canary grid vary them.
-CANARY_FIELDS: tuple[str, ...] = ("canary", "canary_rate", "canary_max_asr", "canary_criterion", "canary_grid")
-
-# Per-method values a profile applies before the caller's overrides. The default profile's learning rate is
-# tuned for low-rank updates (LoRA, MSLR); full fine-tuning and the other baselines keep the authors' 2e-5.
-PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
-    "reference": {},
-    "default": {**{m: {"lr": REFERENCE["lr"]} for m in ("ga-only", "adapter", "prefix")},
-                # the default job: the screen removes the poisoned rows, then a short full fine-tune on the
-                # rest (bench/results/efficacy.md); a short schedule also learns less from what it misses
-                "vanilla": {"lr": REFERENCE["lr"], "epochs": 3}},
-}
+CANARY_FIELDS: tuple[str, ...] = tuple(sorted(fields_with("canary")))
 
 # Llama-family settings of the authors' code (r 2, alpha 8, mu_max 0, no gate, batch 16, lr 1e-5, 5 epochs).
 LLAMA_REFERENCE: dict[str, object] = {

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from core.config import CANARY_FIELDS
+from core.config import CANARY_FIELDS, fields_with
 from core.defenses.alignment import apply_alignment, mu_for_epoch
 from core.errors import ConfigError, JobCancelled
 from core.interface import ProgressEvent
@@ -48,13 +48,9 @@ from core.training.predict import accuracy_on, reserved_positions
 
 CKPT_FORMAT = 1
 LAST = "last.pt"
-# Config fields that may change between a run and its resume: runtime choices, and data-handling
-# knobs whose effect is already covered by the data fingerprints.
-# Settings that do not change the training trajectory: a resume may differ in them. The frequency
-# analysis forks the RNG, so it leaves training untouched.
-RUNTIME_FIELDS = ("device", "precision", "checkpoint_every_epoch", "eval_batch_size", "select_fraction",
-                  "eval_holdout_fraction", "min_aux_per_class", "target_label", "frequency_every",
-                  "frequency_epochs", "frequency_squared", "frequency_max_rows")
+# Settings a resume may differ in: they do not change the training trajectory (runtime choices, data knobs
+# the data fingerprints already cover; the frequency analysis forks the RNG). Marked `runtime` on the field.
+RUNTIME_FIELDS = fields_with("runtime")
 
 
 @dataclass
