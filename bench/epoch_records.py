@@ -4,8 +4,8 @@ CPU): read from the run's resumable checkpoint, kept in git, and put beside fini
     python bench/epoch_records.py record RUN_DIR --tag TAG [--note TEXT]
     python bench/epoch_records.py table --tags full-default,full-refema09 [--epochs 3]
 
-`record` reads RUN_DIR/last.pt or RUN_DIR/checkpoints/last.pt (written after every epoch): the resolved
-settings and the per-epoch history, with the probes' ASR and floor. It appends one line to
+`record` reads RUN_DIR/last.safetensors or RUN_DIR/checkpoints/last.safetensors (written after every
+epoch): the resolved settings and the per-epoch history, with the probes' ASR and floor. It appends one line to
 bench/results/partial_runs.jsonl; a later line with the same tag replaces the earlier one. `table` prints
 one Markdown row per (tag, epoch), from those lines or, for tags with a finished run, from
 bench/results/grid.jsonl (`--tags full-newdefault/badnets` for one attack of a grid tag).
@@ -31,12 +31,13 @@ FLOOR = "asr_floor"
 
 
 def read_checkpoint(run_dir: Path) -> dict[str, Any]:
-    import torch  # only `record` needs it
+    sys.path.insert(0, str(ROOT))
+    from core.training.checkpoint_file import load_checkpoint  # only `record` needs the engine
 
-    path = run_dir / "last.pt"
+    path = run_dir / "last.safetensors"
     if not path.exists():  # a `muscle train --out` folder keeps it under checkpoints/
-        path = run_dir / "checkpoints" / "last.pt"
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+        path = run_dir / "checkpoints" / "last.safetensors"
+    ck = load_checkpoint(path)
     return {"config": ck["fingerprint"]["config"], "per_epoch": list(ck["history"]), "epochs_done": ck["epoch"]}
 
 
@@ -89,7 +90,7 @@ def table(histories: dict[str, list[dict[str, Any]]], tags: list[str], epochs: i
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("record", help="append a run's per-epoch history from its last.pt")
+    r = sub.add_parser("record", help="append a run's per-epoch history from its last.safetensors")
     r.add_argument("run_dir", type=Path)
     r.add_argument("--tag", required=True)
     r.add_argument("--note", default="")

@@ -3,7 +3,7 @@
     .venv/bin/python bench/pooler_saturation.py RUN_DIR [RUN_DIR ...] --out bench/results/pooler_saturation.json
 
 RUN_DIR is a `muscle train --method muscle --profile default` output folder of a grid run on sst2 (its
-checkpoints/last.pt). For the aux rows (the grid's 96) and 256 of the select rows, at step 0 and at the
+checkpoints/last.safetensors). For the aux rows (the grid's 96) and 256 of the select rows, at step 0 and at the
 checkpoint: the share of pooler units whose tanh input is beyond +-9 (float32 tanh rounds to +-1 there,
 so its derivative is exactly 0), the loss, the accuracy and the mean top probability; then the clean
 gradient of the trainable tensors in training mode (dropout on, as the loop computes it), on all aux
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.data.labels import LabelMap
     from core.defenses.methods import apply_defense
     from core.models.backbones import load_backbone, unwrap
+    from core.training.checkpoint_file import load_checkpoint
     from core.training.loop import load_snapshot
 
     cfg = resolve_config("default").model_copy(update={"method": "muscle", "device": "cpu"})
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"step0": {name: measure(model, tok, *rows, pre) for name, rows in sets.items()},
                               "head_loss_floor": head_loss_floor(unwrap(model).classifier)}
     for run in args.runs:
-        ck = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        ck = load_checkpoint(run / "checkpoints" / "last.safetensors")
         load_snapshot(model, ck["model"])
         result[str(run.relative_to(ROOT) if run.is_absolute() else run)] = {
             "epoch": ck["epoch"], **{name: measure(model, tok, *rows, pre) for name, rows in sets.items()},

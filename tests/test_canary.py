@@ -248,7 +248,7 @@ def test_fixed_epoch_overrides_selection_and_resumes(tiny: Path, tmp_path: Path,
         loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "b",
                    progress=lambda e: steps.append(1) if e.kind == "step" else None,
                    should_cancel=lambda: len(steps) >= 5)
-    assert not list((tmp_path / "b").glob("best-epoch*.pt"))
+    assert not list((tmp_path / "b").glob("best-epoch*.safetensors"))
     model, tok = _model(tiny, cfg)
     rest = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "b", resume=True)
     assert rest.resumed_from_epoch == 1 and rest.best_epoch == 2

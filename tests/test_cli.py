@@ -18,6 +18,7 @@ from core.config import resolve_config
 from core.engine import JobInputs
 from core.errors import JobCancelled
 from core.pipeline import run_pipeline
+from core.training.checkpoint_file import load_checkpoint
 from tests.fixtures_data import sentiment_rows, write_csv, write_jsonl, write_tsv
 from tests.tiny_models import make_tiny_model
 
@@ -177,7 +178,7 @@ def test_poison_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_existing_checkpoints_need_resume(files, tiny_bert, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "last.pt").write_bytes(b"x")
+    (out / "checkpoints" / "last.safetensors").write_bytes(b"x")
     assert main(train_args(files, tiny_bert, out)) == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -213,13 +214,13 @@ def test_kill_9_mid_run_then_resume_finishes(files, tiny_bert, tmp_path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300  # only a bound for failure; loaded machines are slow
-    while not (out / "checkpoints" / "last.pt").exists():
+    while not (out / "checkpoints" / "last.safetensors").exists():
         assert proc.poll() is None and time.time() < deadline, "no checkpoint before the deadline"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()
-    ck = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    ck = load_checkpoint(out / "checkpoints" / "last.safetensors")
     done_epochs = int(ck["epoch"])
     assert 1 <= done_epochs < 40
     args[args.index("--epochs") + 1] = "40"

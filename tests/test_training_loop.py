@@ -18,6 +18,7 @@ from core.engine import ProgressEvent
 from core.errors import ConfigError, JobCancelled
 from core.models.backbones import load_backbone
 from core.training.batching import collate, length_sorted_batches
+from core.training.checkpoint_file import load_checkpoint
 from core.training.predict import predict_logits
 from tests.tiny_models import TinyLabels
 
@@ -103,8 +104,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny, tmp_path: Path, fam: s
     assert rest.best_epoch == full.best_epoch
     assert _strip_times(rest.per_epoch) == _strip_times(full.per_epoch)
     assert _same(_state(resumed), _state(straight))
-    last_a = torch.load(tmp_path / "a" / loop.LAST, weights_only=True)["model"]
-    last_b = torch.load(tmp_path / "b" / loop.LAST, weights_only=True)["model"]
+    last_a = load_checkpoint(tmp_path / "a" / loop.LAST)["model"]
+    last_b = load_checkpoint(tmp_path / "b" / loop.LAST)["model"]
     assert _same(last_a, last_b)
 
 
@@ -172,12 +173,13 @@ def test_best_epoch_first_on_ties_and_monitors_never_choose(tiny, tmp_path: Path
     model, tok = _model(tiny, cfg)
     out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path, monitors={"probe": PROBE})
     assert out.best_epoch == 2
-    best = torch.load(tmp_path / "best-epoch2.pt", weights_only=True)["model"]
-    last = torch.load(tmp_path / loop.LAST, weights_only=True)["model"]
+    best = load_checkpoint(tmp_path / "best-epoch2.safetensors")["model"]
+    last = load_checkpoint(tmp_path / loop.LAST)["model"]
     own = model.state_dict()
     assert all(torch.equal(own[k], v) for k, v in best.items())  # best weights are loaded at the end
     assert any(not torch.equal(own[k], v) for k, v in last.items())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch2.pt", "last.pt"]  # no temp files
+    # no temp files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-epoch2.safetensors", "last.safetensors"]
 
 
 def test_ga_runs_every_step_only_for_ga_methods(tiny, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

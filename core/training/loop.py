@@ -12,11 +12,12 @@ on ties); ``monitors`` (e.g. probes) are reported but never used for the choice.
 trainable state is loaded at the end. ``config.fixed_epoch`` (canary calibration) overrides the choice:
 that epoch is the best, and the run stops after it on the full run's LR schedule.
 
-Checkpoints (``ckpt_dir``): ``last.pt`` after every epoch holds the trainable tensors (plus the frozen
+Checkpoints (``ckpt_dir``): ``last.safetensors`` after every epoch holds the trainable tensors (plus the frozen
 random head and MSLR tensors, so a rebuilt model matches exactly), optimizer, scheduler, GradScaler,
 every RNG state (python, torch CPU/CUDA, the train and aux generators), the per-epoch history and the
-best epoch; ``best-epochN.pt`` holds the best state. Both are written to a temporary file and moved
-into place with ``os.replace``. ``resume=True`` continues after the last completed epoch and, on CPU,
+best epoch; ``best-epochN.safetensors`` holds the best state. Both are safetensors files (JSON metadata for
+what is not a tensor: nothing is unpickled), written to a temporary file and moved into place.
+``resume=True`` continues after the last completed epoch and, on CPU,
 gives bit-identical results to an uninterrupted run with the same seed.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +43,12 @@ from core.interface import ProgressEvent
 from core.models.backbones import effective_max_length, unwrap
 from core.models.heads import head_modules
 from core.training.batching import collate, encode_texts, model_input_names, pad_id_of
+from core.training.checkpoint_file import load_checkpoint, save_checkpoint
 from core.training.device import autocast, resolve_device, resolve_precision
 from core.training.predict import accuracy_on, reserved_positions
 
 CKPT_FORMAT = 1
-LAST = "last.pt"
+LAST = "last.safetensors"
 # Settings a resume may differ in: they do not change the training trajectory (runtime choices, data knobs
 # the data fingerprints already cover; the frequency analysis forks the RNG). Marked `runtime` on the field.
 RUNTIME_FIELDS = fields_with("runtime")
@@ -145,21 +146,12 @@ def load_snapshot(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             own[k].copy_(v)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _best_name(epoch: int) -> str:
-    return f"best-epoch{epoch}.pt"
+    return f"best-epoch{epoch}.safetensors"
 
 
 def _clear_checkpoints(ckpt_dir: Path, keep: str | None = None) -> None:
-    for f in ckpt_dir.glob("best-epoch*.pt"):
+    for f in ckpt_dir.glob("best-epoch*.safetensors"):
         if f.name != keep:
             f.unlink(missing_ok=True)
 
@@ -292,7 +284,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
         folder.mkdir(parents=True, exist_ok=True)
         last = folder / LAST
         if resume and last.exists():
-            ck = torch.load(last, map_location="cpu", weights_only=True)
+            ck = load_checkpoint(last)
             if ck.get("format") != CKPT_FORMAT:
                 raise ConfigError(f"{last}: unknown checkpoint format")
             defaults = {k: f.default for k, f in type(config).model_fields.items()}
@@ -316,8 +308,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             if ck.get("ref_average") is not None:
                 ref_average = [None if g is None else g.to(device) for g in ck["ref_average"]]
             if ck.get("best_file"):
-                best_state = torch.load(folder / ck["best_file"], map_location="cpu",
-                                        weights_only=True)["model"]
+                best_state = load_checkpoint(folder / ck["best_file"])["model"]
         elif not resume:
             last.unlink(missing_ok=True)
             _clear_checkpoints(folder)
@@ -461,8 +452,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
             # None until the fixed epoch is reached (fixed_epoch: earlier epochs are never "best")
             best_file = _best_name(best_epoch) if best_epoch else None
             if improved:
-                _atomic_save({"epoch": best_epoch, "model": best_state}, folder / _best_name(best_epoch))
-            _atomic_save({
+                save_checkpoint({"epoch": best_epoch, "model": best_state}, folder / _best_name(best_epoch))
+            save_checkpoint({
                 "format": CKPT_FORMAT,
                 "epoch": epoch + 1,  # epochs completed
                 "fingerprint": fingerprint,
