@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from core.engine import ProgressEvent
@@ -29,6 +30,7 @@ class ProgressRecorder:
                  batch_size: int = 0) -> None:
         self.settings = settings
         self.clock = StepClock(batch_size)
+        self.on_epoch: Callable[[], None] | None = None  # e.g. push the epoch's checkpoint to the store
         self.job_id = job_id
         self.owner = owner
         self.state: dict[str, Any] = {"phase": None, "epoch": None, "total_epochs": total_epochs,
@@ -85,6 +87,8 @@ class ProgressRecorder:
                                 if isinstance(v, float))
             self._write(("epoch", f"epoch {ev.epoch}/{self.state['total_epochs']} done"
                          + (f": {summary}" if summary else ""), row), per_epoch=True)
+            if self.on_epoch is not None:
+                self.on_epoch()
         else:  # log
             self._write(("message", ev.message or "", ev.metrics))
 

@@ -29,6 +29,7 @@ from core.jobs.events import add_event
 from core.jobs.models import ACTIVE, CANCELLED, FAILED, SUCCEEDED, Job, utcnow
 from core.jobs.settings import Settings
 from core.jobs.userfiles import json_safe, metrics_summary, user_error
+from worker.checkpoint_sync import CheckpointSync
 from worker.lease_keeper import LeaseKeeper
 from worker.metrics import JOBS_FINISHED, JOBS_RUNNING, QUEUE_WAIT
 from worker.progress import ProgressRecorder
@@ -81,6 +82,13 @@ class JobRunner:
              recorder: ProgressRecorder) -> str:
         work = self.settings.work_path / job_id
         out_dir = work / "out"
+        sync = CheckpointSync(self.store, job_id, out_dir / "checkpoints")
+        try:
+            fetched = sync.pull()  # another worker's checkpoints, when this one's disk has none
+        except Exception as exc:  # noqa: BLE001 - without them the job starts over, which is still correct
+            log.warning("job %s: could not fetch checkpoints from the store: %s", job_id, exc)
+            fetched = []
+        recorder.on_epoch = sync.push
         checkpoints = sorted(p.name for p in (out_dir / "checkpoints").glob("*")) \
             if (out_dir / "checkpoints").is_dir() else []
         attempt = snapshot["attempts"]
@@ -88,9 +96,10 @@ class JobRunner:
             if checkpoints:
                 done = max((int(r.get("epoch") or 0) for r in recorder.per_epoch), default=0)
                 add_event(db, job_id, "job.resumed", f"Attempt {attempt} on {self.name}: resuming from the "
-                          f"last checkpoint (epochs completed: {done}; files: {', '.join(checkpoints)}).",
+                          f"last checkpoint (epochs completed: {done}; files: {', '.join(checkpoints)}"
+                          + ("; fetched from the artifact store" if fetched else "") + ").",
                           data={"attempt": attempt, "checkpoints": checkpoints, "completed_epochs": done,
-                                "worker": self.name})
+                                "worker": self.name, "from_store": bool(fetched)})
             else:
                 add_event(db, job_id, "job.started", f"Attempt {attempt} started on {self.name}"
                           + (" (no checkpoint from the earlier attempt; starting over)." if attempt > 1
@@ -204,8 +213,16 @@ class JobRunner:
                 if lease.finish(db, job_id, owner, CANCELLED):
                     add_event(db, job_id, "job.cancelled", "Job cancelled (before its results were "
                               "published).")
-        shutil.rmtree(work, ignore_errors=True)
+        self._forget(job_id, work)
         return SUCCEEDED if done else CANCELLED
+
+    def _forget(self, job_id: str, work: Path) -> None:
+        """A finished job needs neither its work folder nor its checkpoints in the store."""
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            CheckpointSync(self.store, job_id, work).clear()
+        except Exception as exc:  # noqa: BLE001 - leftovers go with the job's prefix when it is deleted
+            log.warning("job %s: could not remove its checkpoints from the store: %s", job_id, exc)
 
     def _failed(self, job_id: str, owner: str, error: dict[str, Any], recorder: ProgressRecorder,
                 work: Path) -> str:
@@ -213,7 +230,7 @@ class JobRunner:
             if lease.finish(db, job_id, owner, FAILED, error=json_safe(error), progress=recorder.final()):
                 add_event(db, job_id, "job.failed", f"Job failed: {error.get('message')}", level="error",
                           data=json_safe(error))
-        shutil.rmtree(work, ignore_errors=True)
+        self._forget(job_id, work)
         return FAILED
 
     def _stopped(self, job_id: str, owner: str, keeper: LeaseKeeper, recorder: ProgressRecorder,
@@ -230,7 +247,7 @@ class JobRunner:
                     add_event(db, job_id, "job.cancelled", f"Job cancelled at epoch {progress.get('epoch')}, "
                               f"step {progress.get('step')}.", data={"epoch": progress.get("epoch"),
                                                                      "step": progress.get("step")})
-            shutil.rmtree(work, ignore_errors=True)
+            self._forget(job_id, work)
             return CANCELLED
         # Worker shutdown: hand the job back; it resumes from its checkpoint on the next worker.
         with session_scope(self.settings.database_url) as db:

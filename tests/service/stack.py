@@ -28,9 +28,9 @@ class Stack:
         self.key = ""
 
     # -- processes ---------------------------------------------------------------------------
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+    def _spawn(self, args: list[str], log_name: str, **env: str) -> subprocess.Popen:
         log = open(self.folder / log_name, "ab")
-        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env, stdout=log,
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**self.env, **env}, stdout=log,
                                 stderr=subprocess.STDOUT)
 
     def make_key(self, name: str) -> str:
@@ -51,12 +51,14 @@ class Stack:
                 time.sleep(0.2)
         raise AssertionError("API did not start\n" + self.log("api.log"))
 
-    def start_worker(self) -> None:
+    def start_worker(self, work_dir: Path | None = None) -> None:
+        """A worker; `work_dir` gives it a work folder of its own (another host, as far as disks go)."""
         self.worker_starts += 1
+        env = {"MUSCLE_WORK_DIR": str(work_dir)} if work_dir is not None else {}
         self.worker = self._spawn(["-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
                                    "--concurrency=1", "-Q", self.env["MUSCLE_QUEUE"], "--without-gossip",
                                    "--without-mingle", "--hostname", f"w{self.worker_starts}@%h"],
-                                  "worker.log")
+                                  "worker.log", **env)
 
     def kill_worker(self, sig: int = signal.SIGKILL) -> None:
         assert self.worker is not None

@@ -270,3 +270,30 @@ def test_files_by_id_and_a_json_job_over_plain_http(stack: Stack, dataset: dict[
     preds = predictions(tmp_path / "model", [row["text"] for row in eval_rows], max_length=32)
     assert sum(p == row["label"] for p, row in zip(preds, eval_rows, strict=True)) / len(eval_rows) \
         == job["metrics"]["cacc"]
+
+
+def test_a_lost_worker_host_the_job_finishes_on_another_from_the_stored_checkpoint(
+        stack: Stack, dataset: dict[str, Path], tiny_model: Path, tmp_path: Path) -> None:
+    """Checkpoints live in the artifact store: a worker with its own, empty work folder resumes the job
+    a killed worker left mid-epoch, and the result is the uninterrupted run's."""
+    cfg = config(tiny_model, epochs=6)
+    roles = ("train", "aux", "eval")
+    straight = stack.wait(post(stack, dataset, cfg, roles))
+    assert straight["status"] == "succeeded", (straight["error"], stack.log())
+
+    job_id = post(stack, dataset, cfg, roles)
+    stack.wait_event(job_id, lambda e: e["type"] == "epoch" and e["data"]["epoch"] >= 2, timeout=90)
+    stack.kill_worker()  # the host is gone, and its disk with it
+    stack.start_worker(work_dir=tmp_path / "other-host")
+    try:
+        resumed = stack.wait_event(job_id, lambda e: e["type"] == "job.resumed", timeout=90)
+        job = stack.wait(job_id)
+    finally:
+        stack.kill_worker()
+        stack.start_worker()  # the shared stack's own worker for the tests after this one
+    assert job["status"] == "succeeded", (job["error"], stack.log())
+    assert resumed["data"]["from_store"] and resumed["data"]["completed_epochs"] >= 2
+    assert job["metrics"]["cacc"] == straight["metrics"]["cacc"]
+    losses = [[round(r["train_loss"], 6) for r in j["metrics"]["per_epoch"]] for j in (job, straight)]
+    assert losses[0] == losses[1]
+    assert not list((tmp_path / "other-host").glob(f"{job_id}/*"))  # its work folder was cleaned up
