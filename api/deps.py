@@ -53,6 +53,7 @@ def current_key(db: DbDep,
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
                        headers=unauthorized)
     key = lookup_key(db, creds.credentials)
+    db.commit()  # hand the connection back now: a request may wait for a thread long after its key check
     if key is None:
         raise ApiError(401, "unauthorized", "invalid API key", headers=unauthorized)
     return key

@@ -115,8 +115,11 @@ def list_jobs(db: DbDep, key: KeyDep,
 
 
 @router.get("/{job_id}", response_model=JobObject, responses=ERRORS)
-def get_job(job_id: str, db: DbDep, key: KeyDep) -> JobObject:
-    return job_object(owned_job(db, key, job_id))
+def get_job(job_id: str, db: DbDep, key: KeyDep) -> Response:
+    body = job_object(owned_job(db, key, job_id)).model_dump_json()
+    db.close()  # the connection goes back before the answer is sent: polls must not queue for the pool
+    # Serialised once, here: the most frequent request skips FastAPI's second validation of the object.
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject,
