@@ -233,6 +233,8 @@ def test_the_jobs_client_uploads_creates_by_json_follows_and_downloads(
     assert {r.metric_name: r.metric_value for r in card.eval_results}["CACC"] == report["cacc"]
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["cacc"] == report["cacc"]
 
+    logs = stack.log("api.log", tail=10**6) + stack.log("worker.log", tail=10**6)
+    assert stack.key not in logs and stack.key not in json.dumps(stack.events(job_id))  # no key in logs or events
     missing = muscle(stack, "jobs", "download", job_id, "--model", str(tmp_path / "m2"),
                      "--url", "http://127.0.0.1:9")  # nothing listens there
     assert missing.returncode == 1 and "cannot reach the service" in missing.stderr
