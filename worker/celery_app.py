@@ -39,8 +39,8 @@ SHUTDOWN = threading.Event()  # set on warm shutdown; the running job is handed 
 _sweeper: Any = None
 
 
-def dispatch(job_id: str) -> None:
-    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=settings.queue)
+def dispatch(job_id: str, countdown: float | None = None) -> None:
+    app.send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=settings.queue, countdown=countdown)
 
 
 @signals.setup_logging.connect

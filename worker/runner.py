@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
+
 from core.config import TrainConfig
 from core.engine import JobInputs, JobResult, run_job
 from core.errors import JobCancelled, MuscleError
@@ -26,7 +28,7 @@ from core.jobs.archive import make_tarball, sha256_file
 from core.jobs.artifacts import ArtifactStore, job_prefix
 from core.jobs.db import session_scope
 from core.jobs.events import add_event
-from core.jobs.models import ACTIVE, CANCELLED, FAILED, SUCCEEDED, Job, utcnow
+from core.jobs.models import ACTIVE, CANCELLED, FAILED, QUEUED, SUCCEEDED, Job, JobEvent, utcnow
 from core.jobs.settings import Settings
 from core.jobs.userfiles import json_safe, metrics_summary, user_error
 from worker.checkpoint_sync import CheckpointSync
@@ -39,7 +41,7 @@ log = logging.getLogger("worker.runner")
 
 class JobRunner:
     def __init__(self, settings: Settings, store: ArtifactStore, shutdown: threading.Event,
-                 dispatch: Callable[[str], None]) -> None:
+                 dispatch: Callable[..., None]) -> None:
         self.settings = settings
         self.store = store
         self.shutdown = shutdown
@@ -47,7 +49,29 @@ class JobRunner:
         self.name = f"{socket.gethostname()}/{os.getpid()}"
 
     # -- entry -------------------------------------------------------------------------------
+    def _defer(self, job_id: str) -> bool:
+        """True when the job's key already has its share of running jobs: the job waits, re-sent later."""
+        limit = self.settings.max_running_jobs_per_key
+        if not limit:
+            return False
+        with session_scope(self.settings.database_url) as db:
+            job = db.get(Job, job_id)
+            if job is None or job.status != QUEUED:
+                return False
+            running = db.scalar(select(func.count()).select_from(Job).where(
+                Job.owner_id == job.owner_id, Job.status.in_(tuple(ACTIVE)), Job.id != job_id)) or 0
+            if running < limit:
+                return False
+            last = db.scalar(select(JobEvent.type).where(JobEvent.job_id == job_id).order_by(JobEvent.id.desc()))
+            if last != "job.deferred":
+                add_event(db, job_id, "job.deferred", f"{running} jobs of this API key are running (the limit is "
+                          f"{limit}, MUSCLE_MAX_RUNNING_JOBS_PER_KEY); the job starts when one ends.")
+        self.dispatch(job_id, countdown=self.settings.defer_seconds)
+        return True
+
     def run(self, job_id: str) -> str:
+        if self._defer(job_id):
+            return "deferred"
         owner = f"{self.name}/{uuid.uuid4().hex[:8]}"
         with session_scope(self.settings.database_url) as db:
             if not lease.acquire(db, job_id, owner, self.settings.lease_seconds):

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_probe_files: int = Field(16, ge=0)
     max_queued_jobs_per_key: int = Field(20, ge=0, description="jobs a key may have waiting (validating "
                                          "or queued); more answer 429 with Retry-After; 0 = no limit")
+    max_running_jobs_per_key: int = Field(0, ge=0, description="jobs of one key a worker pool runs at once; "
+                                          "a worker that picks one more defers it; 0 = no limit")
+    defer_seconds: float = Field(15.0, gt=0, description="how long a deferred job waits before a worker "
+                                 "looks at it again")
     allowed_models: list[str] = Field(["minilm", "hub:*"], description="models a job may name (JSON list): "
                                       "exact names, fnmatch patterns, `hub:PATTERN` for hub ids, a folder "
                                       "path for a local model (never a folder not listed); `*` allows all")

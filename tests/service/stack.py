@@ -51,10 +51,12 @@ class Stack:
                 time.sleep(0.2)
         raise AssertionError("API did not start\n" + self.log("api.log"))
 
-    def start_worker(self, work_dir: Path | None = None) -> None:
-        """A worker; `work_dir` gives it a work folder of its own (another host, as far as disks go)."""
+    def start_worker(self, work_dir: Path | None = None, **settings: str) -> None:
+        """A worker; `work_dir` gives it a work folder of its own (another host, as far as disks go), and
+        `settings` (MUSCLE_* variables) settings of its own."""
         self.worker_starts += 1
         env = {"MUSCLE_WORK_DIR": str(work_dir)} if work_dir is not None else {}
+        env.update(settings)
         self.worker = self._spawn(["-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
                                    "--concurrency=1", "-Q", self.env["MUSCLE_QUEUE"], "--without-gossip",
                                    "--without-mingle", "--hostname", f"w{self.worker_starts}@%h"],

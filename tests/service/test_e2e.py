@@ -299,3 +299,30 @@ def test_a_lost_worker_host_the_job_finishes_on_another_from_the_stored_checkpoi
     losses = [[round(r["train_loss"], 6) for r in j["metrics"]["per_epoch"]] for j in (job, straight)]
     assert losses[0] == losses[1]
     assert not list((tmp_path / "other-host").glob(f"{job_id}/*"))  # its work folder was cleaned up
+
+
+def test_a_key_runs_at_most_its_share_of_jobs_at_once(stack: Stack, dataset: dict[str, Path], tiny_model: Path,
+                                                      tmp_path: Path) -> None:
+    """Two idle workers, MUSCLE_MAX_RUNNING_JOBS_PER_KEY=1: the key's second job waits for its first."""
+    limit = {"MUSCLE_MAX_RUNNING_JOBS_PER_KEY": "1", "MUSCLE_DEFER_SECONDS": "1"}
+    stack.kill_worker()
+    stack.start_worker(**limit)
+    first_worker = stack.worker
+    stack.start_worker(work_dir=tmp_path / "second", **limit)
+    roles = ("train", "aux", "eval")
+    try:
+        long_job = post(stack, dataset, config(tiny_model, epochs=8), roles)
+        stack.wait_event(long_job, lambda e: e["type"] == "epoch")
+        short_job = post(stack, dataset, config(tiny_model, epochs=1), roles)
+        deferred = stack.wait_event(short_job, lambda e: e["type"] == "job.deferred", timeout=60)
+        done_long, done_short = stack.wait(long_job), stack.wait(short_job)
+    finally:
+        assert first_worker is not None
+        first_worker.kill()
+        first_worker.wait(30)
+        stack.kill_worker()
+        stack.start_worker()
+    assert done_long["status"] == done_short["status"] == "succeeded", stack.log()
+    assert "limit is 1" in deferred["message"]
+    assert done_short["started_at"] >= done_long["finished_at"] - 1  # whole seconds
+    assert [e["type"] for e in stack.events(short_job)].count("job.deferred") == 1  # said once, not per retry
