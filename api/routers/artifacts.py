@@ -43,6 +43,7 @@ def _headers(meta: dict) -> dict[str, str]:
 
 def _stream(db, key, store, job_id: str, name: Literal["model", "adapter", "analysis"]) -> StreamingResponse:
     meta = _artifact(db, key, store, job_id, name)
+    db.close()  # a download may take minutes: it must not hold a pooled connection meanwhile
     try:
         chunks = store.iter_chunks(meta["key"])
     except ArtifactNotFound as exc:

@@ -44,6 +44,7 @@ async def list_events(
     reconnecting client resumes via Last-Event-ID); the stream ends with `event: done` /
     `data: [DONE]` once the job is terminal and every event was sent."""
     await run_in_threadpool(owned_job, db, key, job_id)
+    await run_in_threadpool(db.close)  # a stream lives long: it must not hold a pooled connection meanwhile
     factory = get_sessionmaker(request.app.state.settings.database_url)
     if not stream:
         rows, has_more, _ = await run_in_threadpool(_page, factory, job_id, after, limit)

@@ -1,0 +1,69 @@
+"""Long-lived requests (event streams) must not hold pooled database connections: with more streams open
+than the pool has connections, a poll still answers at once. A real HTTP server on loopback (uvicorn)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from core.jobs.db import MAX_OVERFLOW, POOL_SIZE
+from tests.service.conftest import free_port, make_settings, new_key
+from tests.service.helpers import files
+
+pytestmark = pytest.mark.service
+
+
+def test_a_poll_answers_while_more_streams_are_open_than_the_pool_has_connections(
+        tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
+    from api.main import create_app
+
+    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.5)
+    key = new_key(settings.database_url, "streams")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(100):
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
+    # no worker consumes this queue: the job stays queued and its streams stay open
+
+    streams = POOL_SIZE + MAX_OVERFLOW + 5
+    opened = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def hold() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as c, \
+                c.stream("GET", f"/jobs/{job}/events", params={"stream": "true"}) as r:
+            opened.release()
+            for _line in r.iter_lines():
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(streams)]
+    try:
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        for _ in range(streams):
+            assert opened.acquire(timeout=60)
+        assert time.monotonic() - began < 10, "streams queued for database connections"
+        time.sleep(1.0)
+        started = time.monotonic()
+        r = httpx.get(f"{url}/jobs/{job}", headers=headers, timeout=60)
+        waited = time.monotonic() - started
+        assert r.status_code == 200 and r.json()["status"] == "queued"
+        assert waited < 5, f"a poll waited {waited:.1f} s behind {streams} open streams"
+    finally:
+        stop.set()
+        server.should_exit = True
