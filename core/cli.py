@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import name_path, parse_value, split_pair
 from core.config import METHODS, PROFILES, TrainConfig, resolve_config
 from core.errors import JobCancelled, MuscleError
 from core.metrics import FLOOR_MONITOR
@@ -22,23 +23,11 @@ EXIT_USAGE = 2
 EXIT_CANCELLED = 130
 
 
-def _parse_probe_file(value: str) -> tuple[str, Path]:
-    name, sep, path = value.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
-    return name, Path(path)
-
-
 def _parse_set(value: str) -> tuple[str, Any]:
-    key, sep, raw = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    key, raw = split_pair(value)
     if key not in TrainConfig.model_fields:
         raise argparse.ArgumentTypeError(f"unknown setting {key!r}; see `muscle settings`")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw  # plain strings need no quotes
+    return key, parse_value(raw)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +39,7 @@ def _add_probe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--probe", action="append", default=[], metavar="SPEC",
                    help='built-in attack probe on the eval rows: badnets, addsent or insert:"text" '
                         "(repeatable)")
-    p.add_argument("--probe-file", action="append", default=[], type=_parse_probe_file, metavar="NAME=PATH",
+    p.add_argument("--probe-file", action="append", default=[], type=name_path, metavar="NAME=PATH",
                    help="a triggered test file; ASR over its rows whose orig_label (else label) is not "
                         "the target (repeatable)")
     p.add_argument("--target-label", default=None, help="the attack's target label, name or id (default 1)")

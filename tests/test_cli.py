@@ -342,3 +342,14 @@ def test_every_option_of_every_command_has_help_text() -> None:
 
     walk(build_parser(), "muscle")
     assert missing == []
+
+
+def test_jobs_client_keeps_metadata_and_probe_paths_as_text() -> None:
+    from core.cli import build_parser
+
+    args = build_parser().parse_args(["jobs", "create", "--train", "t.tsv", "--aux", "a.tsv", "--metadata",
+                                      "run=1", "--probe-file", "p=123", "--set", "epochs=3"])
+    assert args.metadata == [("run", "1")]  # metadata values are strings on the server
+    assert args.probe_file == [("p", Path("123"))] and args.set == [("epochs", 3)]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["jobs", "create", "--train", "t", "--aux", "a", "--probe-file", "p="])

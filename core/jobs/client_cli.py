@@ -11,17 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import key_text, key_value, name_path
 from core.jobs.client import ClientError, JobsClient
-
-
-def _key_value(value: str) -> tuple[str, Any]:
-    key, sep, raw = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw  # plain strings need no quotes
 
 
 def _settings_file(path: str) -> dict[str, Any]:
@@ -59,7 +50,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         if args.eval:
             body["eval_file"] = up(args.eval, "eval")
         if args.probe_file:
-            body["probe_files"] = {name: up(Path(path), "probe") for name, path in args.probe_file}
+            body["probe_files"] = {name: up(path, "probe") for name, path in args.probe_file}
         if args.probe:
             body["probes"] = args.probe
         if args.metadata:
@@ -165,60 +156,55 @@ def _guard(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
     return run
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _command(sub: argparse._SubParsersAction, name: str, help: str,  # type: ignore[type-arg]
+             func: Callable[[argparse.Namespace], int], job_id: bool = False) -> argparse.ArgumentParser:
+    """One `muscle jobs` subcommand: the service's address and key, the job's id where it takes one, and
+    errors from the service said once (`_guard`)."""
+    p = sub.add_parser(name, help=help)
+    if job_id:
+        p.add_argument("job_id", help="the job's id")
     p.add_argument("--url", default=None, help="the service (default: MUSCLE_URL, else http://127.0.0.1:8000)")
     p.add_argument("--api-key", default=None, help="API key (default: MUSCLE_API_KEY)")
+    p.set_defaults(func=_guard(func))
+    return p
 
 
 def add_jobs_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     j = subparsers.add_parser("jobs", help="create and follow jobs on a running service (over HTTP)")
     sub = j.add_subparsers(dest="jobs_command", required=True)
 
-    c = sub.add_parser("create", help="upload the files and create a job; prints its id")
+    c = _command(sub, "create", "upload the files and create a job; prints its id", cmd_create)
     c.add_argument("--train", type=Path, required=True, help="untrusted training file (CSV, TSV or JSONL)")
     c.add_argument("--aux", type=Path, required=True, help="small trusted clean file (the same labels)")
     c.add_argument("--eval", type=Path, help="clean test file for CACC")
-    c.add_argument("--probe-file", action="append", default=[], type=_key_value, metavar="NAME=PATH",
+    c.add_argument("--probe-file", action="append", default=[], type=name_path, metavar="NAME=PATH",
                    help="a triggered test file for ASR, repeatable")
     c.add_argument("--probe", action="append", default=[], metavar="TRIGGER",
                    help="a built-in probe: badnets, addsent or 'insert:\"text\"', repeatable")
     c.add_argument("--config", help="settings as a YAML or JSON file (any field of `muscle settings`)")
-    c.add_argument("--set", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+    c.add_argument("--set", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                    help="one setting, e.g. --set epochs=3 --set method=vanilla (after --config)")
-    c.add_argument("--metadata", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+    c.add_argument("--metadata", action="append", default=[], type=key_text, metavar="KEY=VALUE",
                    help="a string pair kept with the job, repeatable")
     c.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     c.add_argument("--label-column", default="label", help="column holding the label (default: label)")
     c.add_argument("--idempotency-key", help="retrying with the same key never makes a second job "
                                              "(default: a fresh one)")
     c.add_argument("--follow", action="store_true", help="then follow its events until it ends")
-    c.set_defaults(func=_guard(cmd_create))
 
-    ls = sub.add_parser("list", help="your jobs, newest first")
+    ls = _command(sub, "list", "your jobs, newest first", cmd_list)
     ls.add_argument("--status", action="append", help="only this status, repeatable")
     ls.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
-    ls.set_defaults(func=_guard(cmd_list))
 
-    g = sub.add_parser("get", help="one job as JSON")
-    g.add_argument("job_id", help="the job's id")
-    g.set_defaults(func=_guard(cmd_get))
-
-    e = sub.add_parser("events", help="a job's events; --follow streams them with a progress bar")
-    e.add_argument("job_id", help="the job's id")
+    _command(sub, "get", "one job as JSON", cmd_get, job_id=True)
+    e = _command(sub, "events", "a job's events; --follow streams them with a progress bar", cmd_events,
+                 job_id=True)
     e.add_argument("--follow", action="store_true", help="stream until the job ends; exit 0 if it succeeded")
-    e.set_defaults(func=_guard(cmd_events))
+    _command(sub, "cancel", "cancel a job", cmd_cancel, job_id=True)
 
-    x = sub.add_parser("cancel", help="cancel a job")
-    x.add_argument("job_id", help="the job's id")
-    x.set_defaults(func=_guard(cmd_cancel))
-
-    d = sub.add_parser("download", help="download artifacts, checksum verified, archives unpacked")
-    d.add_argument("job_id", help="the job's id")
+    d = _command(sub, "download", "download artifacts, checksum verified, archives unpacked", cmd_download,
+                 job_id=True)
     d.add_argument("--model", metavar="DIR", help="the merged model (loads with transformers)")
     d.add_argument("--adapter", metavar="DIR", help="the adapter (low-rank methods)")
     d.add_argument("--report", metavar="DIR", help="metrics.json")
     d.add_argument("--screen", metavar="DIR", help="the rows the screen removed (TSV)")
-    d.set_defaults(func=_guard(cmd_download))
-
-    for p in (c, ls, g, e, x, d):
-        _common(p)

@@ -21,17 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.argtypes import key_value
 from core.defenses.baselines import BASELINES
-
-
-def _kv(value: str) -> tuple[str, Any]:
-    key, sep, raw = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
 
 
 def _probe_file(value: str) -> tuple[str, Path]:
@@ -51,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--defense", required=True, choices=sorted(BASELINES))
         p.add_argument("--model", type=Path, required=True, help="model folder (config.json, weights)")
         p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--param", action="append", default=[], type=_kv, metavar="KEY=VALUE",
+        p.add_argument("--param", action="append", default=[], type=key_value, metavar="KEY=VALUE",
                        help="a keyword of the defense (e.g. frr=0.05, mode=top1)")
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--max-length", type=int, default=512)
