@@ -31,21 +31,11 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    """The pilot's frozen mean-pooled embeddings, unit length (cosine neighbours)."""
+    from bench.learned_screen_pilot import frozen_embeddings
 
-    from core.models.backbones import resolve_model_source
-
-    src = resolve_model_source("minilm")
-    tok, model = AutoTokenizer.from_pretrained(src), AutoModel.from_pretrained(src).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), 64):
-            enc = tok(texts[i:i + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (model(**enc).last_hidden_state * mask).sum(1) / mask.sum(1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out)
+    x = frozen_embeddings(texts)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def report(name: str, score: np.ndarray, poisoned: np.ndarray, target_rows: np.ndarray) -> None:
