@@ -26,7 +26,9 @@ def base_model(model: str) -> str | None:
     """The hub id the weights started from, when there is one (a local folder has none)."""
     if model.strip().lower() == "minilm":
         return PACKAGED_BASE
-    return None if model.startswith(("/", ".", "~")) or Path(model).expanduser().exists() else model
+    from core.models.availability import is_local_model
+
+    return None if is_local_model(model) else model
 
 
 def portable_base_name(model: str) -> str:

@@ -5,23 +5,21 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-
-def _is_path(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+from core.models.availability import is_local_model
 
 
 def model_allowed(name: str, allowed: list[str]) -> bool:
     """`*` allows anything; `hub:PATTERN` allows hub ids (never a local path) matching PATTERN; a path entry
     allows that folder and what lies under it; any other entry is an exact name or fnmatch pattern for a
     non-path name (`minilm`)."""
-    path = _is_path(name)
+    path = is_local_model(name)
     for entry in allowed:
         if entry == "*":
             return True
         if entry.startswith("hub:"):
             if not path and fnmatchcase(name, entry[4:]):
                 return True
-        elif _is_path(entry):
+        elif is_local_model(entry):
             if path and Path(name).expanduser().resolve().is_relative_to(Path(entry).expanduser().resolve()):
                 return True
         elif not path and fnmatchcase(name, entry):

@@ -11,6 +11,11 @@ from core.models.backbones import family_of_model_type, resolve_model_source
 HUB_TIMEOUT = 5.0  # seconds: a submission must not hang on an unreachable hub
 
 
+def is_local_model(name: str) -> bool:
+    """A name that means a folder on this machine, not a hub id or an alias."""
+    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE",
                                                                              "TRANSFORMERS_OFFLINE"))
