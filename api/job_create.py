@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from api.files import describe, owned_file, purpose_of, register
 from api.job_config import JOB_KEYS, JobOptions, check_choices, options_from, parse_config
-from api.job_request import file_ids, settings_of
+from api.job_request import ROLES, file_ids, settings_of
 from api.queue import Dispatcher
 from api.uploads import StagedFile, extension, probe_name, remove, stage
 from core.engine import JobInputs
@@ -208,13 +208,15 @@ def _dispatch(db: Session, dispatcher: Dispatcher, job: Job) -> None:
     db.commit()
 
 
+FIELDS = {role: field for field, role in ROLES.items()}  # train -> training_file, ...
+
+
 def _fetch(db: Session, store: ArtifactStore, owner: ApiKey, ids: dict[str, str], folder: Path
            ) -> list[StagedFile]:
     """The named files, owned by the caller and of the right purpose, copied into `folder`."""
     staged = []
     for role, file_id in ids.items():
-        param = {"train": "training_file", "aux": "aux_file", "eval": "eval_file"}.get(
-            role, f"probe_files.{role.partition(':')[2]}")
+        param = FIELDS.get(role, f"probe_files.{role.partition(':')[2]}")
         try:
             row: StoredFile = owned_file(db, owner, file_id)
         except ApiError:

@@ -12,13 +12,8 @@ import sys
 def cmd_apikey_create(args: argparse.Namespace) -> int:
     from core.jobs.auth import create_api_key
     from core.jobs.db import session_scope
-    from core.jobs.migrate import upgrade
-    from core.jobs.settings import get_settings
 
-    settings = get_settings()
-    settings.ensure_dirs()
-    upgrade(settings.database_url)  # a fresh embedded install has no schema yet
-    with session_scope(settings.database_url) as db:
+    with session_scope(_database()) as db:
         row, key = create_api_key(db, args.name)
     print(f"created API key {row.id} ({row.name!r}); it is shown only now, store it safely:",
           file=sys.stderr)
@@ -27,6 +22,7 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 
 
 def _database() -> str:
+    """The database URL, its schema made first: a fresh embedded install has none yet."""
     from core.jobs.migrate import upgrade
     from core.jobs.settings import get_settings
 
