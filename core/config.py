@@ -10,22 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Method = Literal[
-    "muscle", "vanilla", "lora", "adapter", "prefix", "muscle-no-ga", "muscle-no-ms", "ga-only"
-]
-METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
+from core.defenses.registry import defense_names, defenses
+
+# The methods are the registered defenses (`core.defenses.registry`, one module each in core/defenses/kinds/).
+METHODS: tuple[str, ...] = defense_names()
+Method = Literal[METHODS]  # type: ignore[valid-type]
 
 # Which building blocks each method switches on (reference §2.4).
-METHOD_PARTS: dict[str, dict[str, bool]] = {
-    "muscle": {"lora": True, "mslr": True, "ga": True},
-    "muscle-no-ga": {"lora": True, "mslr": True, "ga": False},  # OnlyMSLR
-    "muscle-no-ms": {"lora": True, "mslr": False, "ga": True},  # GA+LoRA
-    "ga-only": {"lora": False, "mslr": False, "ga": True},  # OnlyGA: full fine-tuning with GA
-    "lora": {"lora": True, "mslr": False, "ga": False},
-    "vanilla": {"lora": False, "mslr": False, "ga": False},
-    "adapter": {"lora": False, "mslr": False, "ga": False},
-    "prefix": {"lora": False, "mslr": False, "ga": False},
-}
+METHOD_PARTS: dict[str, dict[str, bool]] = {spec.name: spec.parts for spec in defenses()}
 
 
 def _roles(*roles: str) -> dict[str, Any]:
@@ -242,14 +234,12 @@ REFERENCE: dict[str, object] = {
 }
 PROFILES: dict[str, dict[str, object]] = {"reference": REFERENCE, "default": {}}
 
-# Values a profile gives one method before the caller's overrides. Under `default`, the low-rank methods
-# (LoRA, MSLR) take a larger lr for their smaller updates and the other baselines the authors' 10 epochs.
-_LOW_RANK = ("muscle", "muscle-no-ga", "muscle-no-ms", "lora")
+# Values a profile gives one method before the caller's overrides (each defense's `profile_values`). Under
+# `default`, the low-rank methods (LoRA, MSLR) take a larger lr for their smaller updates and the other
+# baselines the authors' 10 epochs.
 PROFILE_METHOD_VALUES: dict[str, dict[str, dict[str, object]]] = {
-    "reference": {},
-    "default": {**{m: {"lr": 5e-4, "epochs": 10} for m in _LOW_RANK},
-                **{m: {"epochs": 10} for m in ("ga-only", "adapter", "prefix")}},
-}
+    profile: {spec.name: dict(spec.profile_values[profile]) for spec in defenses() if profile in spec.profile_values}
+    for profile in PROFILES}
 
 
 def fields_with(role: str) -> frozenset[str]:

@@ -1,6 +1,7 @@
 """Turn a loaded backbone into the model a method trains, and export the result.
 
-Methods (``TrainConfig.method``; building blocks in ``core.config.METHOD_PARTS``, reference §2.4):
+The methods are `core.defenses.registry.DefenseSpec`s, one module per family in `core.defenses.kinds`
+(reference §2.4):
 
 ==============  ============================================================  ==========
 method          trainable                                                      GA
@@ -17,12 +18,7 @@ prefix          PEFT prefix-tuning virtual key/values                          n
 
 Except for the full fine-tuning methods, the head is frozen at its random initialisation, as in the
 authors' code, unless ``train_head`` is set (reference §2.1). The MSLR base copy W0 is always frozen.
-
-LoRA is PEFT's (``LoraConfig(r, lora_alpha, lora_dropout)`` on query/value per family, A Kaiming, B zero).
-Prefix tuning uses PEFT's prefix encoder, but PEFT 0.21 passes ``past_key_values`` while transformers 5
-models take ``cache``, so PEFT's own classification forward raises "Model does not support past key
-values"; `PrefixTuningClassifier` calls the model with ``cache=`` itself. DistilBERT's attention has no
-key/value cache at all, so ``prefix`` is refused for it (ConfigError).
+The building blocks (LoRA, prefix, adapters, MSLR) are in `core.defenses.parts`.
 
 Random parts (LoRA A, MSLR L and R, adapters, prefix) are drawn from ``config.seed`` without touching
 the caller's RNG, so the same config gives the same initial model.
@@ -33,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,27 +36,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.defenses.adapter import BottleneckAdapter, install_adapters
-from core.defenses.default_scales import default_scales
+from core.defenses.adapter import BottleneckAdapter
 from core.defenses.mslr import MultiScaleLowRankLinear
+from core.defenses.parts import install_mslr
+from core.defenses.registry import get_defense
 from core.errors import ConfigError
 from core.models.backbones import family as model_family
 from core.models.backbones import quiet_transformers, unwrap
-from core.models.heads import (
-    LlamaClassificationHead,
-    head_modules,
-    penultimate_linear,
-    penultimate_name,
-)
+from core.models.heads import LlamaClassificationHead, head_modules
 
-LORA_TARGETS: dict[str, list[str]] = {
-    "bert": ["query", "value"],
-    "roberta": ["query", "value"],
-    "distilbert": ["q_lin", "v_lin"],
-    "llama": ["q_proj", "v_proj"],
-}
-FULL_FINE_TUNING = ("vanilla", "ga-only")
-NOT_MERGEABLE = ("adapter", "prefix")
 ADAPTER_FORMAT = "muscle-adapter"
 ADAPTER_VERSION = 1
 ADAPTER_JSON = "muscle_adapter.json"
@@ -99,38 +82,6 @@ def _seeded(seed: int):
         yield
 
 
-def _peft_model_class() -> type:
-    from peft import PeftModel
-
-    class PrefixTuningClassifier(PeftModel):
-        """PEFT prefix tuning for classification, calling transformers 5 models with ``cache=``."""
-
-        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):  # type: ignore[no-untyped-def]
-            ref = input_ids if input_ids is not None else inputs_embeds
-            batch = ref.shape[0]
-            n_virtual = self.active_peft_config.num_virtual_tokens
-            if attention_mask is None:
-                attention_mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
-            prefix_mask = attention_mask.new_ones(batch, n_virtual)
-            kwargs.pop("cache", None)
-            kwargs.pop("past_key_values", None)
-            return self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds,
-                                   attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
-                                   cache=self.get_prompt(batch), **kwargs)
-
-    return PrefixTuningClassifier
-
-
-_PREFIX_CLASS: type | None = None
-
-
-def _prefix_class() -> type:
-    global _PREFIX_CLASS
-    if _PREFIX_CLASS is None:
-        _PREFIX_CLASS = _peft_model_class()
-    return _PREFIX_CLASS
-
-
 def _is_mslr_param(name: str, mslr_names: list[str]) -> bool:
     return any(name == m or name.startswith(m + ".") for m in mslr_names)
 
@@ -146,10 +97,6 @@ def _set_head_trainable(base: nn.Module, train_head: bool, mslr_names: list[str]
             param.requires_grad_(train_head)
 
 
-def _lora_targets(config: Any, fam: str) -> list[str]:
-    return list(config.lora_targets) if config.lora_targets else list(LORA_TARGETS[fam])
-
-
 def apply_defense(model: nn.Module, config: Any, family: str | None = None) -> nn.Module:
     """Set up ``config.method`` on a model from `load_backbone`; returns the model to train.
 
@@ -158,81 +105,27 @@ def apply_defense(model: nn.Module, config: Any, family: str | None = None) -> n
     """
     fam = family or model_family(model)
     method = config.method
-    parts = config.parts
+    spec = get_defense(method)
     info = DefenseInfo(family=fam, method=method, config=config.model_dump())
     base = unwrap(model)
     if getattr(base, "_muscle_defense", None) is not None:
         raise ValueError("apply_defense was already applied to this model")
     with _seeded(config.seed + 7):
-        if method in FULL_FINE_TUNING:
+        if spec.trains == "full":
             model.requires_grad_(True)
             base._muscle_defense = info
             return model
         base.requires_grad_(False)
-        if method == "prefix":
-            model = _apply_prefix(model, config, fam)
-            info.prefix_tokens = config.prefix_tokens
-        elif method == "adapter":
-            info.adapter_modules = install_adapters(base, fam, config.adapter_bottleneck)
-        if parts["lora"]:
-            model = _apply_lora(model, config, fam)
-            info.lora_targets = _lora_targets(config, fam)
-        if parts["mslr"]:
-            parent, attr = penultimate_linear(model)
-            layer = getattr(parent, attr)
-            if not isinstance(layer, nn.Linear):
-                raise ConfigError(f"the penultimate layer {penultimate_name(model)} is a "
-                                  f"{type(layer).__name__}, not a Linear: keep it out of lora_targets")
-            scales = (list(config.mslr_scales) if config.mslr_scales
-                      else _default_scales_for(model, fam, config.profile))
-            setattr(parent, attr, MultiScaleLowRankLinear(layer, scales, rank=config.mslr_rank,
-                                                          alpha=config.mslr_alpha, init=config.mslr_init))
-            info.mslr_modules = [penultimate_name(model)]
-            info.mslr_scales = [float(s) for s in scales]
+        assert spec.install is not None  # register_defense checks it
+        model = spec.install(model, config, fam, info)
+        if spec.mslr:
+            model = install_mslr(model, config, fam, info)
     base = unwrap(model)
     _set_head_trainable(base, bool(config.train_head), info.mslr_modules)
     base._muscle_defense = info
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"method {method!r} left no trainable parameter")
     return model
-
-
-def _default_scales_for(model: nn.Module, fam: str, profile: str) -> list[float]:
-    cfg = unwrap(model).config
-    hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "dim", 0))
-    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layers", 0))
-    return default_scales(fam, hidden, layers, profile)
-
-
-def _apply_lora(model: nn.Module, config: Any, fam: str) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
-
-    base = unwrap(model)
-    targets = _lora_targets(config, fam)
-    linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
-    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linears)]
-    if missing:
-        raise ConfigError(f"lora_targets {missing} match no Linear layer of this {fam} model")
-    # Keep LoRA off the head and the MSLR layer (the authors wrap only the backbone).
-    exclude = [penultimate_name(base), *head_modules(base)]
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, exclude_modules=exclude, bias="none")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # PEFT probes a deprecated transformers API
-        return get_peft_model(model, lora)
-
-
-def _apply_prefix(model: nn.Module, config: Any, fam: str) -> nn.Module:
-    from peft import PrefixTuningConfig, TaskType
-
-    if fam == "distilbert":
-        raise ConfigError("method 'prefix' is not available for DistilBERT: its attention takes no "
-                          "key/value cache, which prefix tuning needs. Use 'adapter' or 'lora' instead.")
-    cfg = PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.prefix_tokens)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # PEFT probes a deprecated transformers API
-        # The plain PeftModel base class: no `modules_to_save` copy of the head (we decide its freezing).
-        return _prefix_class()(model, cfg)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -267,7 +160,7 @@ def export_merged(model: nn.Module, tokenizer: Any, out_dir: str | Path, family:
     copy unless ``inplace`` (saves memory for big models; the model is then merged and unwrapped).
     """
     info = defense_info(model)
-    if info is not None and info.method in NOT_MERGEABLE:
+    if info is not None and not get_defense(info.method).mergeable:
         return None
     fam = family or model_family(model)
     base = _merged_copy(model, inplace)
@@ -350,7 +243,7 @@ def export_adapter(model: nn.Module, out_dir: str | Path, base_name: str | None 
     info = defense_info(model)
     if info is None:
         raise ValueError("export_adapter needs a model prepared by apply_defense")
-    if info.method in FULL_FINE_TUNING:
+    if not get_defense(info.method).exports_adapter:
         return None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
