@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError
@@ -29,7 +31,11 @@ def get_db(request: Request) -> Iterator[Session]:
     try:
         yield session
     finally:
-        session.close()
+        try:
+            session.close()
+        except SQLAlchemyError:  # the database dropped the connection: discard it, never fail after the answer
+            with suppress(SQLAlchemyError):
+                session.invalidate()
 
 
 def get_store(request: Request) -> ArtifactStore:

@@ -8,6 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("api")
@@ -57,6 +59,15 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         return JSONResponse(error_body(code, message), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        # The database is down, cut off or locked: the request may succeed later, so 503, not 500.
+        log.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return JSONResponse(error_body("database_unavailable", "the job database is unreachable right now; "
+                                       "try again shortly"), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

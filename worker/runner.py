@@ -37,6 +37,8 @@ from worker.metrics import JOBS_FINISHED, JOBS_RUNNING, QUEUE_WAIT
 from worker.progress import ProgressRecorder
 
 log = logging.getLogger("worker.runner")
+# What _upload stores under the job's prefix.
+ARTIFACT_NAMES = ("model.tar.gz", "adapter.tar.gz", "analysis.tar.gz", "screen.tsv", "metrics.json")
 
 
 class JobRunner:
@@ -206,13 +208,27 @@ class JobRunner:
                                "bytes": report.stat().st_size, "sha256": sha256_file(report)}
         return artifacts
 
+    def _discard(self, job_id: str) -> None:
+        """Remove whatever part of the job's results reached the store (an upload that failed half way)."""
+        for name in ARTIFACT_NAMES:
+            try:
+                self.store.delete(job_prefix(job_id) + name)
+            except Exception as exc:  # noqa: BLE001 - never listed in the job, so never served
+                log.warning("job %s: could not remove %s from the store: %s", job_id, name, exc)
+
     # -- outcomes ----------------------------------------------------------------------------
     def _succeeded(self, job_id: str, owner: str, result: JobResult, recorder: ProgressRecorder,
                    work: Path) -> str:
         with session_scope(self.settings.database_url) as db:
             lease.set_status(db, job_id, owner, "evaluating")
             add_event(db, job_id, "phase", "uploading artifacts", data={"phase": "uploading"})
-        artifacts = self._upload(job_id, result, work)
+        try:
+            artifacts = self._upload(job_id, result, work)
+        except Exception as exc:  # noqa: BLE001 - a full disk or an unreachable store: say so, serve nothing
+            log.exception("job %s: could not store its artifacts", job_id)
+            self._discard(job_id)
+            return self._failed(job_id, owner, {"code": "artifact_upload_failed", "message": "could not store "
+                                                f"the job's results: {type(exc).__name__}: {exc}"}, recorder, work)
         summary = metrics_summary(result.metrics)
         with session_scope(self.settings.database_url) as db:
             done = lease.finish(db, job_id, owner, SUCCEEDED, only_from=tuple(ACTIVE), metrics=summary,

@@ -233,34 +233,39 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # -- the whole service in subprocesses -----------------------------------------------------------
+def stack_env(folder: Path, database: str, broker_url: str, queue: str, s3_endpoint: str,
+              **overrides: str) -> dict[str, str]:
+    """The environment of a real deployment: PostgreSQL `database`, the broker, S3 artifacts in a new
+    bucket (moto). Short lease/heartbeat/poll intervals so crash recovery and cancel are quick to observe."""
+    import boto3
+
+    bucket = f"muscle-e2e-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    return {**os.environ, **S3_CREDENTIALS,
+            "MUSCLE_DATA_DIR": str(folder / "data"), "MUSCLE_DATABASE_URL": database,
+            "MUSCLE_BROKER_URL": broker_url, "MUSCLE_QUEUE": queue,
+            "MUSCLE_ARTIFACTS": f"s3://{bucket}/service", "MUSCLE_S3_ENDPOINT_URL": s3_endpoint,
+            "MUSCLE_WORK_DIR": str(folder / "work"), "MUSCLE_ALLOWED_MODELS": '["*"]',
+            "MUSCLE_WORKER_METRICS_PORT": str(free_port()),
+            "MUSCLE_LEASE_SECONDS": "4", "MUSCLE_HEARTBEAT_SECONDS": "1",
+            "MUSCLE_REAPER_INTERVAL_SECONDS": "1",
+            "MUSCLE_PROGRESS_INTERVAL_SECONDS": "0.5", "MUSCLE_CANCEL_POLL_SECONDS": "0.2",
+            "MUSCLE_SSE_POLL_SECONDS": "0.2", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **overrides}
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin: str, redis_url: str, stack_queue: str,
           s3_endpoint: str) -> Iterator[object]:
-    """uvicorn + one Celery worker, PostgreSQL (a fresh database), Redis broker, S3 artifacts (moto).
-    Short lease/heartbeat/poll intervals so crash recovery and cancel are quick to observe."""
-    import boto3
-
+    """uvicorn + one Celery worker, PostgreSQL (a fresh database), Redis broker, S3 artifacts (moto)."""
     from core.jobs.migrate import upgrade
     from tests.service.stack import Stack
 
     folder = tmp_path_factory.mktemp("stack")
     database = create_database(postgres_admin)
     upgrade(database)
-    bucket = f"muscle-e2e-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    env = {**os.environ, **S3_CREDENTIALS,
-           "MUSCLE_DATA_DIR": str(folder / "data"), "MUSCLE_DATABASE_URL": database,
-           "MUSCLE_BROKER_URL": redis_url, "MUSCLE_QUEUE": stack_queue,
-           "MUSCLE_ARTIFACTS": f"s3://{bucket}/service", "MUSCLE_S3_ENDPOINT_URL": s3_endpoint,
-           "MUSCLE_WORK_DIR": str(folder / "work"), "MUSCLE_ALLOWED_MODELS": '["*"]',
-           "MUSCLE_WORKER_METRICS_PORT": str(free_port()),
-           "MUSCLE_LEASE_SECONDS": "4", "MUSCLE_HEARTBEAT_SECONDS": "1",
-           "MUSCLE_REAPER_INTERVAL_SECONDS": "1",
-           "MUSCLE_PROGRESS_INTERVAL_SECONDS": "0.5", "MUSCLE_CANCEL_POLL_SECONDS": "0.2",
-           "MUSCLE_SSE_POLL_SECONDS": "0.2", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    s = Stack(folder, env, free_port())
+    s = Stack(folder, stack_env(folder, database, redis_url, stack_queue, s3_endpoint), free_port())
     s.key = s.make_key("e2e")
     s.start_api()
     s.start_worker()

@@ -51,21 +51,42 @@ class Stack:
                 time.sleep(0.2)
         raise AssertionError("API did not start\n" + self.log("api.log"))
 
-    def start_worker(self, work_dir: Path | None = None, **settings: str) -> None:
+    def start_worker(self, work_dir: Path | None = None, hang_at: str | None = None, **settings: str) -> None:
         """A worker; `work_dir` gives it a work folder of its own (another host, as far as disks go), and
-        `settings` (MUSCLE_* variables) settings of its own."""
+        `settings` (MUSCLE_* variables) settings of its own. `hang_at` (tests/service/faults.py): the
+        worker stops at that point of a job, touches `self.marker(hang_at)` and waits there."""
         self.worker_starts += 1
         env = {"MUSCLE_WORK_DIR": str(work_dir)} if work_dir is not None else {}
+        if hang_at is not None:
+            env.update(MUSCLE_TEST_HANG_AT=hang_at, MUSCLE_TEST_MARKER=str(self.marker(hang_at)))
+            self.marker(hang_at).unlink(missing_ok=True)
         env.update(settings)
-        self.worker = self._spawn(["-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+        entry = "tests.service.faults" if hang_at is not None else "celery"
+        self.worker = self._spawn(["-m", entry, "-A", "worker.celery_app", "worker", "--pool=solo",
                                    "--concurrency=1", "-Q", self.env["MUSCLE_QUEUE"], "--without-gossip",
                                    "--without-mingle", "--hostname", f"w{self.worker_starts}@%h"],
                                   "worker.log", **env)
+
+    def marker(self, point: str) -> Path:
+        return self.folder / f"at-{point}"
+
+    def wait_marker(self, point: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.marker(point).exists():
+            assert self.worker is not None and self.worker.poll() is None, self.log()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker never reached {point}\n{self.log()}")
+            time.sleep(0.1)
 
     def kill_worker(self, sig: int = signal.SIGKILL) -> None:
         assert self.worker is not None
         os.kill(self.worker.pid, sig)
         self.worker.wait(30)
+
+    def kill_api(self) -> None:
+        assert self.api is not None
+        os.kill(self.api.pid, signal.SIGKILL)
+        self.api.wait(30)
 
     def stop(self) -> None:
         for proc in (self.worker, self.api):
