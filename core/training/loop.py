@@ -12,13 +12,15 @@ on ties); ``monitors`` (e.g. probes) are reported but never used for the choice.
 trainable state is loaded at the end. ``config.fixed_epoch`` (canary calibration) overrides the choice:
 that epoch is the best, and the run stops after it on the full run's LR schedule.
 
-Checkpoints (``ckpt_dir``): ``last.safetensors`` after every epoch holds the trainable tensors (plus the frozen
-random head and MSLR tensors, so a rebuilt model matches exactly), optimizer, scheduler, GradScaler,
-every RNG state (python, torch CPU/CUDA, the train and aux generators), the per-epoch history and the
-best epoch; ``best-epochN.safetensors`` holds the best state. Both are safetensors files (JSON metadata for
-what is not a tensor: nothing is unpickled), written to a temporary file and moved into place.
-``resume=True`` continues after the last completed epoch and, on CPU,
+Checkpoints (``ckpt_dir``, `core.training.checkpoints`): ``last.safetensors`` after every epoch holds the
+trainable tensors (plus the frozen random head and MSLR tensors, so a rebuilt model matches exactly),
+optimizer, scheduler, GradScaler, every RNG state (python, torch CPU/CUDA, the train and aux generators),
+the per-epoch history and the best epoch; ``best-epochN.safetensors`` holds the best state. Both are
+safetensors files (JSON metadata for what is not a tensor: nothing is unpickled), written to a temporary
+file and moved into place. ``resume=True`` continues after the last completed epoch and, on CPU,
 gives bit-identical results to an uninterrupted run with the same seed.
+
+Per-epoch records are `core.training.records.EpochRecord`s; their JSON is ``TrainOutcome.per_epoch``.
 """
 
 from __future__ import annotations
@@ -41,14 +43,21 @@ from core.defenses.alignment import apply_alignment, mu_for_epoch
 from core.errors import ConfigError, JobCancelled
 from core.interface import ProgressEvent
 from core.models.backbones import effective_max_length, unwrap
-from core.models.heads import head_modules
 from core.training.batching import collate, encode_texts, model_input_names, pad_id_of
-from core.training.checkpoint_file import load_checkpoint, save_checkpoint
+from core.training.checkpoints import (  # noqa: F401 - LAST, snapshot, state_keys: this module's API too
+    LAST,
+    Checkpoints,
+    Optimisation,
+    TrainState,
+    load_snapshot,
+    snapshot,
+    state_keys,
+)
+from core.training.checkpoints import config_diff as _diff  # noqa: F401 - the name tests use
 from core.training.device import autocast, resolve_device, resolve_precision
 from core.training.predict import accuracy_on, reserved_positions
+from core.training.records import AlignmentTally, EpochRecord
 
-CKPT_FORMAT = 1
-LAST = "last.safetensors"
 # Settings a resume may differ in: they do not change the training trajectory (runtime choices, data knobs
 # the data fingerprints already cover; the frequency analysis forks the RNG). Marked `runtime` on the field.
 RUNTIME_FIELDS = fields_with("runtime")
@@ -57,7 +66,7 @@ RUNTIME_FIELDS = fields_with("runtime")
 @dataclass
 class TrainOutcome:
     best_epoch: int  # 1-based
-    per_epoch: list[dict[str, Any]]
+    per_epoch: list[dict[str, Any]]  # `EpochRecord.as_json()` per epoch
     wall_seconds: float  # this call only
     resumed_from_epoch: int = 0  # epochs already done when this call started
     trainable_params: int = 0
@@ -107,82 +116,67 @@ def _param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) ->
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def state_keys(model: nn.Module) -> list[str]:
-    """State-dict keys (of ``model`` as passed) that checkpoints hold: trainable parameters, plus the
-    head and MSLR tensors (random at init, so a rebuilt model must get them back)."""
-    from core.defenses.mslr import MultiScaleLowRankLinear
+@dataclass
+class _Data:
+    """The encoded rows the steps draw from."""
 
-    base = unwrap(model)
-    special: set[int] = set()
-    try:
-        special.update(id(base.get_submodule(name)) for name in head_modules(base))
-    except (ConfigError, AttributeError):
-        pass
-    special.update(id(m) for m in base.modules() if isinstance(m, MultiScaleLowRankLinear))
-    keys = {n for n, p in model.named_parameters() if p.requires_grad}
-    for prefix, module in model.named_modules():
-        if id(module) in special:
-            keys.update(f"{prefix}.{k}" if prefix else k for k in module.state_dict())
-    own = model.state_dict()
-    return [k for k in own if k in keys]
+    train_rows: list[Any]
+    train_labels: torch.Tensor
+    aux_rows: list[Any]  # empty without GA
+    aux_labels: torch.Tensor | None
+    pad_id: int
+    side: str
 
 
-def snapshot(model: nn.Module, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-    own = model.state_dict()
-    return {k: own[k].detach().to("cpu", copy=True) for k in keys}
+@dataclass
+class _Plan:
+    """Sizes: rows, batches, steps and epochs."""
+
+    n: int
+    bs: int
+    steps_per_epoch: int
+    total_steps: int  # the LR schedule always spans every configured epoch
+    fixed: int | None  # fixed_epoch: ship that epoch and stop after it
+    run_epochs: int
+    run_steps: int
+    aux_bs: int
 
 
-def load_snapshot(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    unknown = [k for k in state if k not in own]
-    if unknown:
-        raise ConfigError(f"checkpoint tensors do not fit this model (e.g. {unknown[:3]}): was it built "
-                          f"with another method or backbone?")
-    with torch.no_grad():
-        for k, v in state.items():
-            if own[k].shape != v.shape:
-                raise ConfigError(f"checkpoint tensor {k} has shape {tuple(v.shape)}, model has "
-                                  f"{tuple(own[k].shape)}")
-            own[k].copy_(v)
+@dataclass
+class _Clock:
+    """Step counter and timings for the ETA."""
+
+    global_step: int = 0
+    step_seconds_sum: float = 0.0
+    steps_timed: int = 0
+    eval_seconds_last: float = 0.0
 
 
-def _best_name(epoch: int) -> str:
-    return f"best-epoch{epoch}.safetensors"
+@dataclass
+class _Run:
+    """One `train` call: the model, its settings and what the steps share."""
 
+    model: nn.Module
+    tokenizer: Any
+    config: Any
+    device: torch.device
+    precision: str
+    params: list[nn.Parameter]
+    keys: list[str]
+    data: _Data
+    plan: _Plan
+    opt: Optimisation
+    use_ga: bool
+    select: Sequence[Any]
+    monitors: dict[str, Sequence[Any]]
+    emit: Callable[[ProgressEvent], None]
+    cancelled: Callable[[], bool]
+    step_callback: Callable[[nn.Module, int, int], None] | None
+    clock: _Clock = field(default_factory=_Clock)
 
-def _clear_checkpoints(ckpt_dir: Path, keep: str | None = None) -> None:
-    for f in ckpt_dir.glob("best-epoch*.safetensors"):
-        if f.name != keep:
-            f.unlink(missing_ok=True)
-
-
-def _rng_state(train_gen: torch.Generator, aux_gen: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "torch": torch.get_rng_state(),
-        "train_gen": train_gen.get_state(),
-        "aux_gen": aux_gen.get_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: Mapping[str, Any], train_gen: torch.Generator, aux_gen: torch.Generator) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    train_gen.set_state(state["train_gen"])
-    aux_gen.set_state(state["aux_gen"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _diff(saved: Mapping[str, Any], now: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
-          ) -> list[str]:
-    """Keys that differ. A setting newer than the checkpoint counts as unchanged at its default value,
-    so upgrading the software does not strand runs in progress."""
-    defaults = defaults or {}
-    return sorted(k for k in set(saved) | set(now) if saved.get(k, defaults.get(k)) != now.get(k))
+    @property
+    def ref_momentum(self) -> float:
+        return float(getattr(self.config, "ga_ref_momentum", 0.0)) if self.use_ga else 0.0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -205,52 +199,85 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     epoch)`` runs after every optimiser step (1-based step and epoch), e.g. the frequency analysis.
     """
     wall_start = time.perf_counter()
-    emit = progress or (lambda event: None)
-    cancelled = should_cancel or (lambda: False)
     monitors = dict(monitors or {})
     if not train:
         raise ConfigError("no training rows")
     use_ga = bool(config.parts["ga"])
     if use_ga and not aux:
         raise ConfigError(f"method {config.method!r} uses gradient alignment and needs clean aux rows")
+    run = _setup(model, tokenizer, train, aux, select, monitors, config, use_ga)
+    run.emit = progress or (lambda event: None)
+    run.cancelled = should_cancel or (lambda: False)
+    run.step_callback = step_callback
+    fingerprint = _fingerprint(config, train, aux, select, run.keys, use_ga)
+    ckpts = (Checkpoints(Path(ckpt_dir), fingerprint)
+             if ckpt_dir is not None and config.checkpoint_every_epoch else None)
+    state = ckpts.open(resume, model, config, run.opt, run.device) if ckpts is not None else TrainState()
+    run.clock.global_step = state.start_epoch * run.plan.steps_per_epoch
+    for epoch in range(state.start_epoch, run.plan.run_epochs):
+        _run_epoch(run, state, epoch, ckpts)
+    if state.best_state is not None:
+        load_snapshot(model, state.best_state)
+    return TrainOutcome(best_epoch=state.best_epoch, per_epoch=state.history,
+                        wall_seconds=time.perf_counter() - wall_start, resumed_from_epoch=state.start_epoch,
+                        trainable_params=sum(p.numel() for p in run.params), precision=run.precision,
+                        device=str(run.device))
 
+
+def _setup(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[Any], select: Sequence[Any],
+           monitors: dict[str, Sequence[Any]], config: Any, use_ga: bool) -> _Run:
+    """Device, trainable parameters, encoded rows, sizes, optimiser and seeds (in that order)."""
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     model.to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError("the model has no trainable parameter")
-    params = [p for _, p in named]
     keys = state_keys(model)
-
-    limit = effective_max_length(model, tokenizer, config.max_length, reserved=reserved_positions(model))
-    inputs = model_input_names(model)
-    pad_id = pad_id_of(tokenizer)
-    side = getattr(tokenizer, "padding_side", "right")
-    train_rows = encode_texts(tokenizer, [e.text for e in train], limit, keep=inputs)
-    train_labels = torch.tensor([int(e.label) for e in train], dtype=torch.long)
-    aux_rows = encode_texts(tokenizer, [e.text for e in aux], limit, keep=inputs) if use_ga else []
-    aux_labels = torch.tensor([int(e.label) for e in aux], dtype=torch.long) if use_ga else None
+    data = _encode(model, tokenizer, train, aux, use_ga, config)
     num_labels = int(unwrap(model).config.num_labels)
     for name, rows in (("train", train), ("aux", aux), ("select", select), *monitors.items()):
         bad = next((r for r in rows if not 0 <= int(r.label) < num_labels), None)
         if bad is not None:
             raise ConfigError(f"{name} row has label {bad.label}, outside 0..{num_labels - 1}")
+    plan = _plan(config, len(data.train_rows), len(data.aux_rows), use_ga)
+    opt = _optimisation(named, config, plan.total_steps, precision)
+    return _Run(model=model, tokenizer=tokenizer, config=config, device=device, precision=precision,
+                params=[p for _, p in named], keys=keys, data=data, plan=plan, opt=opt, use_ga=use_ga,
+                select=select, monitors=monitors, emit=lambda event: None, cancelled=lambda: False,
+                step_callback=None)
 
-    n = len(train_rows)
+
+def _encode(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[Any], use_ga: bool,
+            config: Any) -> _Data:
+    limit = effective_max_length(model, tokenizer, config.max_length, reserved=reserved_positions(model))
+    inputs = model_input_names(model)
+    return _Data(
+        train_rows=encode_texts(tokenizer, [e.text for e in train], limit, keep=inputs),
+        train_labels=torch.tensor([int(e.label) for e in train], dtype=torch.long),
+        aux_rows=encode_texts(tokenizer, [e.text for e in aux], limit, keep=inputs) if use_ga else [],
+        aux_labels=torch.tensor([int(e.label) for e in aux], dtype=torch.long) if use_ga else None,
+        pad_id=pad_id_of(tokenizer), side=getattr(tokenizer, "padding_side", "right"))
+
+
+def _plan(config: Any, n: int, aux_rows: int, use_ga: bool) -> _Plan:
     bs = int(config.batch_size)
     steps_per_epoch = math.ceil(n / bs)
     epochs = int(config.epochs)
-    total_steps = steps_per_epoch * epochs  # the LR schedule always spans every configured epoch
     # `fixed_epoch` (set by canary calibration) ships that epoch: stop after it, on the full run's
     # schedule, so its weights equal the calibration run's at that epoch (same seed and data size).
     fixed = getattr(config, "fixed_epoch", None)
     if fixed is not None and not 1 <= int(fixed) <= epochs:
         raise ConfigError(f"fixed_epoch {fixed} is outside 1..epochs ({epochs})")
     run_epochs = epochs if fixed is None else int(fixed)
-    run_steps = steps_per_epoch * run_epochs
-    aux_bs = min(int(config.aux_batch_size), len(aux_rows)) if use_ga else 0
+    return _Plan(n=n, bs=bs, steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * epochs,
+                 fixed=None if fixed is None else int(fixed), run_epochs=run_epochs,
+                 run_steps=steps_per_epoch * run_epochs,
+                 aux_bs=min(int(config.aux_batch_size), aux_rows) if use_ga else 0)
 
+
+def _optimisation(named: list[tuple[str, nn.Parameter]], config: Any, total_steps: int,
+                  precision: str) -> Optimisation:
     from transformers import get_linear_schedule_with_warmup
 
     optimizer = torch.optim.AdamW(_param_groups(named, float(config.weight_decay)), lr=float(config.lr),
@@ -258,224 +285,168 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps),
                                                 total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
-
     # Seeds: dropout (global torch RNG), train order and aux draws (own generators, checkpointed).
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    train_gen = torch.Generator().manual_seed(config.seed)
-    aux_gen = torch.Generator().manual_seed(config.seed + 1)
+    return Optimisation(optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                        train_gen=torch.Generator().manual_seed(config.seed),
+                        aux_gen=torch.Generator().manual_seed(config.seed + 1))
 
-    fingerprint = {
+
+def _fingerprint(config: Any, train: Sequence[Any], aux: Sequence[Any], select: Sequence[Any],
+                 keys: Sequence[str], use_ga: bool) -> dict[str, Any]:
+    """What a resume must find unchanged: the settings that shape training, the data, the tensors."""
+    return {
         "config": {k: v for k, v in config.model_dump().items()
                    if k not in RUNTIME_FIELDS and k not in CANARY_FIELDS},
         "data": {"train": fingerprint_rows(train), "aux": fingerprint_rows(aux) if use_ga else None,
                  "select": fingerprint_rows(select)},
         "state_keys": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
     }
-    history: list[dict[str, Any]] = []
-    best_epoch = 0
-    best_score = -math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    start_epoch = 0
-    ref_momentum = float(getattr(config, "ga_ref_momentum", 0.0)) if use_ga else 0.0
-    ref_average: list[torch.Tensor | None] | None = None  # moving average of g_c (ga_ref_momentum > 0)
-    folder = Path(ckpt_dir) if ckpt_dir is not None and config.checkpoint_every_epoch else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        last = folder / LAST
-        if resume and last.exists():
-            ck = load_checkpoint(last)
-            if ck.get("format") != CKPT_FORMAT:
-                raise ConfigError(f"{last}: unknown checkpoint format")
-            defaults = {k: f.default for k, f in type(config).model_fields.items()}
-            changed = _diff(ck["fingerprint"]["config"], fingerprint["config"], defaults)
-            if changed:
-                raise ConfigError(f"cannot resume from {last}: settings changed since it was written "
-                                  f"({', '.join(changed)}); start afresh (resume=False) or restore them")
-            for part in ("data", "state_keys"):
-                if ck["fingerprint"][part] != fingerprint[part]:
-                    raise ConfigError(f"cannot resume from {last}: the {part.replace('_', ' ')} differ "
-                                      f"from the interrupted run")
-            load_snapshot(model, ck["model"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            _restore_rng(ck["rng"], train_gen, aux_gen)
-            history = list(ck["history"])
-            best_epoch, best_score = int(ck["best_epoch"]), float(ck["best_score"])
-            start_epoch = int(ck["epoch"])
-            if ck.get("ref_average") is not None:
-                ref_average = [None if g is None else g.to(device) for g in ck["ref_average"]]
-            if ck.get("best_file"):
-                best_state = load_checkpoint(folder / ck["best_file"])["model"]
-        elif not resume:
-            last.unlink(missing_ok=True)
-            _clear_checkpoints(folder)
 
-    step_seconds_sum = 0.0
-    steps_timed = 0
-    eval_seconds_last = 0.0
-    global_step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, run_epochs):
-        epoch_start = time.perf_counter()
-        model.train()
-        order = torch.randperm(n, generator=train_gen)
-        loss_sum = 0.0
-        counts = {"aligned": 0, "mixed": 0, "raw": 0}
-        ref_loss_sum = 0.0
-        align_seconds = 0.0
-        raw_tensors = 0  # tensors whose non-zero raw gradient an aligned/mixed step kept (no clean gradient)
-        dropped_tensors = 0  # ga_no_direction=skip: such gradients dropped instead
-        idle_steps = 0  # steps whose gradients alignment zeroed: only AdamW's momentum moves weights
-        ref_seconds = 0.0
-        steps_seconds = 0.0
-        mu_now = mu_for_epoch(config, epoch) if use_ga else 0.0
-        for b in range(steps_per_epoch):
-            if cancelled():
-                raise JobCancelled(f"cancelled during epoch {epoch + 1}, before step {global_step + 1}")
-            t_step = time.perf_counter()
-            idx = order[b * bs:(b + 1) * bs].tolist()
-            batch = {k: v.to(device) for k, v in collate([train_rows[i] for i in idx], pad_id, side).items()}
-            labels = train_labels[idx].to(device)
-            with autocast(device, precision):
-                logits = model(**batch).logits
-            loss = F.cross_entropy(logits.float(), labels)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
 
-            if use_ga:
-                t_ref = time.perf_counter()
-                aux_idx = torch.randperm(len(aux_rows), generator=aux_gen)[:aux_bs].tolist()
-                ref_batch = {k: v.to(device)
-                             for k, v in collate([aux_rows[i] for i in aux_idx], pad_id, side).items()}
-                assert aux_labels is not None
-                with autocast(device, precision):
-                    ref_logits = model(**ref_batch).logits
-                ref_loss = F.cross_entropy(ref_logits.float(), aux_labels[aux_idx].to(device))
-                scale = scaler.get_scale() if scaler is not None else 1.0
-                clean = list(torch.autograd.grad(ref_loss * scale, params, allow_unused=True))
-                if scale != 1.0:
-                    clean = [None if g is None else g / scale for g in clean]
-                ref_value = float(ref_loss.detach())
-                ref_seconds += time.perf_counter() - t_ref
-                present = [g for g in clean if g is not None]
-                finite = bool(present) and bool(torch.stack(torch._foreach_norm(present)).isfinite().all())
-                if finite and ref_momentum > 0:
-                    ref_average = moving_average(ref_average, clean, ref_momentum)
-                    clean = list(ref_average)
-                if finite:
-                    stats = apply_alignment(params, clean, ref_value, config, epoch, b / steps_per_epoch)
-                    counts[stats.mode] += 1
-                    align_seconds += stats.seconds
-                    if stats.mode != "raw":
-                        raw_tensors += stats.tensors_leaked
-                        dropped_tensors += stats.tensors_dropped
-                        idle_steps += int(stats.idle)
-                    if stats.mode == "mixed":
-                        mu_now = stats.mu
-                else:
-                    counts["raw"] += 1  # fp16 overflow in the clean pass: keep g, the scaler adjusts
-                ref_loss_sum += ref_value
+def _run_epoch(run: _Run, state: TrainState, epoch: int, ckpts: Checkpoints | None) -> None:
+    """Train one epoch (0-based ``epoch``), evaluate, choose, checkpoint, report."""
+    epoch_start = time.perf_counter()
+    loss_sum, tally, steps_seconds = _epoch_steps(run, state, epoch)
+    select_acc, monitor_acc = _evaluate(run)
+    steps = run.plan.steps_per_epoch
+    record = EpochRecord(
+        epoch=epoch + 1, train_loss=loss_sum / steps, select_accuracy=select_acc, monitors=monitor_acc,
+        lr=float(run.opt.scheduler.get_last_lr()[0]), steps=steps, seconds=time.perf_counter() - epoch_start,
+        eval_seconds=run.clock.eval_seconds_last, alignment=tally if run.use_ga else None,
+        step_seconds=steps_seconds)
+    improved = _choose(run, state, epoch, select_acc)
+    record.best_epoch = state.best_epoch
+    state.history.append(record.as_json())
+    if ckpts is not None:
+        ckpts.save(epoch + 1, improved, state, run.model, run.keys, run.opt)
+    run.emit(ProgressEvent(kind="epoch", phase="training", epoch=epoch + 1, step=run.clock.global_step,
+                           total_steps=run.plan.run_steps, loss=record.train_loss, metrics=state.history[-1]))
 
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, float(config.grad_clip))
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
 
-            loss_value = float(loss.detach())
-            loss_sum += loss_value
-            global_step += 1
-            took = time.perf_counter() - t_step
-            steps_seconds += took
-            step_seconds_sum += took
-            steps_timed += 1
-            remaining = run_steps - global_step
-            eta = (step_seconds_sum / steps_timed) * remaining + eval_seconds_last * (run_epochs - epoch)
-            emit(ProgressEvent(kind="step", phase="training", epoch=epoch + 1, step=global_step,
-                               total_steps=run_steps, loss=loss_value, eta_seconds=eta))
-            if step_callback is not None:
-                step_callback(model, global_step, epoch + 1)
+def _choose(run: _Run, state: TrainState, epoch: int, select_acc: float | None) -> bool:
+    """Best epoch so far: highest selection accuracy, first on ties (or the fixed epoch); snapshots it."""
+    score = select_acc if select_acc is not None else -math.inf
+    improved = score > state.best_score or state.best_epoch == 0 or (select_acc is None)
+    if run.plan.fixed is not None:
+        improved = epoch + 1 == run.plan.fixed
+    if improved:
+        state.best_score = score if select_acc is not None else state.best_score
+        state.best_epoch = epoch + 1
+        state.best_state = snapshot(run.model, run.keys)
+    return improved
 
-        # ---- epoch end: selection accuracy and monitors (eval mode, no dropout, no RNG use)
-        t_eval = time.perf_counter()
-        eval_kwargs = {"batch_size": int(config.eval_batch_size), "max_length": int(config.max_length),
-                       "precision": precision}
-        select_acc = accuracy_on(model, tokenizer, select, **eval_kwargs)
-        monitor_acc = {name: accuracy_on(model, tokenizer, rows, **eval_kwargs)
-                       for name, rows in monitors.items()}
-        eval_seconds_last = time.perf_counter() - t_eval
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / steps_per_epoch,
-            "select_accuracy": select_acc,
-            "monitors": monitor_acc,
-            "lr": float(scheduler.get_last_lr()[0]),
-            "steps": steps_per_epoch,
-            "seconds": time.perf_counter() - epoch_start,
-            "eval_seconds": eval_seconds_last,
-        }
-        if use_ga:
-            record["ga"] = {
-                "aligned_share": counts["aligned"] / steps_per_epoch,  # gate open: pure alignment
-                "mixed_share": counts["mixed"] / steps_per_epoch,
-                "raw_share": counts["raw"] / steps_per_epoch,
-                # a leak check: trainable tensors that kept the poisoned gradient in an aligned step
-                "raw_tensors_per_step": raw_tensors / steps_per_epoch,
-                "dropped_tensors_per_step": dropped_tensors / steps_per_epoch,
-                "idle_share": idle_steps / steps_per_epoch,  # steps that changed no gradient-carrying tensor
-                "mu": mu_now,
-                "ref_loss_mean": ref_loss_sum / steps_per_epoch,
-                "align_seconds": align_seconds,  # alignment maths only
-                "ref_pass_seconds": ref_seconds,  # the clean forward/backward
-                "step_seconds": steps_seconds,
-                "align_share_of_step": align_seconds / steps_seconds if steps_seconds > 0 else 0.0,
-            }
-        score = select_acc if select_acc is not None else -math.inf
-        improved = score > best_score or best_epoch == 0 or (select_acc is None)
-        if fixed is not None:
-            improved = epoch + 1 == fixed
-        if improved:
-            best_score = score if select_acc is not None else best_score
-            best_epoch = epoch + 1
-            best_state = snapshot(model, keys)
-        record["best_epoch"] = best_epoch
-        history.append(record)
 
-        if folder is not None:
-            # None until the fixed epoch is reached (fixed_epoch: earlier epochs are never "best")
-            best_file = _best_name(best_epoch) if best_epoch else None
-            if improved:
-                save_checkpoint({"epoch": best_epoch, "model": best_state}, folder / _best_name(best_epoch))
-            save_checkpoint({
-                "format": CKPT_FORMAT,
-                "epoch": epoch + 1,  # epochs completed
-                "fingerprint": fingerprint,
-                "model": snapshot(model, keys),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(train_gen, aux_gen),
-                "ref_average": None if ref_average is None else [
-                    None if g is None else g.detach().to("cpu", copy=True) for g in ref_average],
-                "history": history,
-                "best_epoch": best_epoch,
-                "best_score": best_score,
-                "best_file": best_file,
-            }, folder / LAST)
-            _clear_checkpoints(folder, keep=best_file)
-        emit(ProgressEvent(kind="epoch", phase="training", epoch=epoch + 1, step=global_step,
-                           total_steps=run_steps, loss=record["train_loss"], metrics=record))
+def _evaluate(run: _Run) -> tuple[float | None, dict[str, float | None]]:
+    """Selection accuracy and monitors (eval mode, no dropout, no RNG use)."""
+    t_eval = time.perf_counter()
+    eval_kwargs = {"batch_size": int(run.config.eval_batch_size), "max_length": int(run.config.max_length),
+                   "precision": run.precision}
+    select_acc = accuracy_on(run.model, run.tokenizer, run.select, **eval_kwargs)
+    monitor_acc = {name: accuracy_on(run.model, run.tokenizer, rows, **eval_kwargs)
+                   for name, rows in run.monitors.items()}
+    run.clock.eval_seconds_last = time.perf_counter() - t_eval
+    return select_acc, monitor_acc
 
-    if best_state is not None:
-        load_snapshot(model, best_state)
-    return TrainOutcome(best_epoch=best_epoch, per_epoch=history,
-                        wall_seconds=time.perf_counter() - wall_start, resumed_from_epoch=start_epoch,
-                        trainable_params=sum(p.numel() for p in params), precision=precision,
-                        device=str(device))
+
+def _epoch_steps(run: _Run, state: TrainState, epoch: int) -> tuple[float, AlignmentTally, float]:
+    """Every optimiser step of one epoch: (summed loss, alignment tally, seconds in steps)."""
+    run.model.train()
+    order = torch.randperm(run.plan.n, generator=run.opt.train_gen)
+    loss_sum = 0.0
+    steps_seconds = 0.0
+    tally = AlignmentTally(mu=mu_for_epoch(run.config, epoch) if run.use_ga else 0.0)
+    for b in range(run.plan.steps_per_epoch):
+        if run.cancelled():
+            raise JobCancelled(f"cancelled during epoch {epoch + 1}, before step {run.clock.global_step + 1}")
+        t_step = time.perf_counter()
+        loss_value = _step(run, state, tally, order, epoch, b)
+        loss_sum += loss_value
+        run.clock.global_step += 1
+        took = time.perf_counter() - t_step
+        steps_seconds += took
+        _report_step(run, epoch, took, loss_value)
+    return loss_sum, tally, steps_seconds
+
+
+def _report_step(run: _Run, epoch: int, took: float, loss_value: float) -> None:
+    clock, plan = run.clock, run.plan
+    clock.step_seconds_sum += took
+    clock.steps_timed += 1
+    remaining = plan.run_steps - clock.global_step
+    eta = (clock.step_seconds_sum / clock.steps_timed) * remaining + clock.eval_seconds_last * (
+        plan.run_epochs - epoch)
+    run.emit(ProgressEvent(kind="step", phase="training", epoch=epoch + 1, step=clock.global_step,
+                           total_steps=plan.run_steps, loss=loss_value, eta_seconds=eta))
+    if run.step_callback is not None:
+        run.step_callback(run.model, clock.global_step, epoch + 1)
+
+
+def _step(run: _Run, state: TrainState, tally: AlignmentTally, order: torch.Tensor, epoch: int, b: int) -> float:
+    """Batch ``b``: forward, CE, backward, (GA) alignment, clip, optimiser and schedule step. The loss."""
+    data, opt = run.data, run.opt
+    idx = order[b * run.plan.bs:(b + 1) * run.plan.bs].tolist()
+    batch = {k: v.to(run.device) for k, v in collate([data.train_rows[i] for i in idx], data.pad_id,
+                                                      data.side).items()}
+    labels = data.train_labels[idx].to(run.device)
+    with autocast(run.device, run.precision):
+        logits = run.model(**batch).logits
+    loss = F.cross_entropy(logits.float(), labels)
+    (opt.scaler.scale(loss) if opt.scaler is not None else loss).backward()
+    if opt.scaler is not None:
+        opt.scaler.unscale_(opt.optimizer)
+    if run.use_ga:
+        _align(run, state, tally, epoch, b)
+    if run.config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.params, float(run.config.grad_clip))
+    if opt.scaler is not None:
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+    else:
+        opt.optimizer.step()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def _clean_gradient(run: _Run) -> tuple[list[torch.Tensor | None], float]:
+    """g_c: the gradient of one fresh random aux minibatch's CE (``.grad`` untouched), and its loss."""
+    data, scaler = run.data, run.opt.scaler
+    aux_idx = torch.randperm(len(data.aux_rows), generator=run.opt.aux_gen)[:run.plan.aux_bs].tolist()
+    ref_batch = {k: v.to(run.device)
+                 for k, v in collate([data.aux_rows[i] for i in aux_idx], data.pad_id, data.side).items()}
+    assert data.aux_labels is not None
+    with autocast(run.device, run.precision):
+        ref_logits = run.model(**ref_batch).logits
+    ref_loss = F.cross_entropy(ref_logits.float(), data.aux_labels[aux_idx].to(run.device))
+    scale = scaler.get_scale() if scaler is not None else 1.0
+    clean = list(torch.autograd.grad(ref_loss * scale, run.params, allow_unused=True))
+    if scale != 1.0:
+        clean = [None if g is None else g / scale for g in clean]
+    return clean, float(ref_loss.detach())
+
+
+def _align(run: _Run, state: TrainState, tally: AlignmentTally, epoch: int, b: int) -> None:
+    """Gradient alignment of this step's ``.grad`` against the clean gradient (`apply_alignment`)."""
+    t_ref = time.perf_counter()
+    clean, ref_value = _clean_gradient(run)
+    tally.ref_seconds += time.perf_counter() - t_ref
+    present = [g for g in clean if g is not None]
+    finite = bool(present) and bool(torch.stack(torch._foreach_norm(present)).isfinite().all())
+    if finite and run.ref_momentum > 0:
+        state.ref_average = moving_average(state.ref_average, clean, run.ref_momentum)
+        clean = list(state.ref_average)
+    if finite:
+        stats = apply_alignment(run.params, clean, ref_value, run.config, epoch, b / run.plan.steps_per_epoch)
+        tally.count(stats.mode)
+        tally.align_seconds += stats.seconds
+        if stats.mode != "raw":
+            tally.raw_tensors += stats.tensors_leaked
+            tally.dropped_tensors += stats.tensors_dropped
+            tally.idle_steps += int(stats.idle)
+        if stats.mode == "mixed":
+            tally.mu = stats.mu
+    else:
+        tally.raw += 1  # fp16 overflow in the clean pass: keep g, the scaler adjusts
+    tally.ref_loss_sum += ref_value
