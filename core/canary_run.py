@@ -28,6 +28,7 @@ from core.attacks.probes import floor_rows
 from core.config import TrainConfig, fields_with
 from core.data.dataset import Example
 from core.defenses.canary import (
+    CanarySpec,
     canary_probe,
     choose_epoch,
     choose_setting,
@@ -200,23 +201,72 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     job and kept in ``out_dir/canary/secret`` until the report is written. Raises `JobCancelled` via
     the training loop when ``should_cancel()`` turns True; ``resume=True`` continues from there.
     """
-    from core.training.loop import train
-
     emit = progress or (lambda event: None)
     folder = Path(out_dir) / CANARY_DIR
-    report_path, secret_path = folder / REPORT, folder / SECRET
+    report_path = folder / REPORT
     fingerprint = _fingerprint(config, data)
     if resume and report_path.is_file():
         emit(ProgressEvent(kind="log", phase="training", message="canary calibration already done"))
         return _load_report(report_path, fingerprint)
+    secret = _open_folder(folder, resume, secret)
+    candidates = grid_candidates(config)  # validate before any training
+    canary = _plant(data, config, secret)
+    emit(ProgressEvent(kind="phase", phase="training",
+                       message=f"canary calibration: {len(candidates)} candidate setting(s), "
+                               f"{canary.spec.rows_planted} canary rows planted"))
+    results: list[dict[str, Any]] = []
+    for i, (settings, candidate) in enumerate(candidates):
+        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the job's settings"
+        emit(ProgressEvent(kind="log", phase="training",
+                           message=f"canary calibration: candidate {i + 1}/{len(candidates)} ({label})",
+                           metrics={"candidate": i, "settings": settings}))
+        model = model_factory(candidate)
+        per_epoch = _train_candidate(model, tokenizer, canary, data, candidate, folder / f"cand{i}",
+                                     _relay(emit, i, len(candidates)), should_cancel, resume)
+        del model
+        _free_device_memory()
+        results.append(_candidate_result(i, settings, candidate, config, per_epoch))
+    report = _choose_report(results, candidates, config, canary, data)
+    _write_json_atomic(report_path, {"fingerprint": fingerprint,
+                                     "config": report.config.model_dump(mode="json"),
+                                     "report": report.to_dict()})
+    # The candidates' checkpoints carry the planted trigger and the secret rebuilds it: neither may
+    # outlive the calibration (the report above is enough to resume).
+    for i in range(len(candidates)):
+        shutil.rmtree(folder / f"cand{i}", ignore_errors=True)
+    (folder / SECRET).unlink(missing_ok=True)
+    emit(ProgressEvent(kind="log", phase="training",
+                       message=f"canary calibration chose {report.reason}; canary ASR {report.canary_asr:.4f}",
+                       metrics={"canary_asr": report.canary_asr, "epoch": report.epoch,
+                                "settings": results[report.chosen]["settings"]}))
+    return report
+
+
+def _open_folder(folder: Path, resume: bool, secret: int | None) -> int:
+    """A fresh calibration folder (kept on resume) holding the secret; returns the secret."""
+    secret_path = folder / SECRET
     if not resume or not secret_path.is_file():
         shutil.rmtree(folder, ignore_errors=True)  # stale candidates would hold another canary
     folder.mkdir(parents=True, exist_ok=True)
     if secret is None:
         secret = int(secret_path.read_text()) if secret_path.is_file() else new_secret()
     _write_secret(secret_path, secret)
+    return secret
 
-    candidates = grid_candidates(config)  # validate before any training
+
+@dataclass
+class _Planted:
+    """The canary-planted training rows and what measures the canary."""
+
+    rows: list[Example]
+    spec: CanarySpec
+    probe: list[Example]
+    monitors: dict[str, list[Example]]
+    chance: float | None
+    screen_check: dict[str, Any] | None
+
+
+def _plant(data: PreparedData, config: TrainConfig, secret: int) -> _Planted:
     if not data.select:
         raise ConfigError("canary calibration needs held-back clean selection rows")
     num_labels = len(data.label_map.id2label)
@@ -233,45 +283,49 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
     # is the evidence of how well the canary tracks a real backdoor (bench/notes/muscle-efficacy-study.md).
     monitors = {CANARY: probe, FLOOR: floor, DECOY: decoy_probe(data.select, spec),
                 **{PROBE_PREFIX + name: rows for name, rows in data.probes.items()}}
-    chance = majority_share(data.select)
-    emit(ProgressEvent(kind="phase", phase="training",
-                       message=f"canary calibration: {len(candidates)} candidate setting(s), "
-                               f"{spec.rows_planted} canary rows planted"))
+    return _Planted(rows=planted, spec=spec, probe=probe, monitors=monitors, chance=majority_share(data.select),
+                    screen_check=screen_check)
 
-    results: list[dict[str, Any]] = []
-    for i, (settings, candidate) in enumerate(candidates):
-        label = ", ".join(f"{k}={v}" for k, v in settings.items()) or "the job's settings"
-        emit(ProgressEvent(kind="log", phase="training",
-                           message=f"canary calibration: candidate {i + 1}/{len(candidates)} ({label})",
-                           metrics={"candidate": i, "settings": settings}))
-        model = model_factory(candidate)
-        outcome = train(model, tokenizer, planted, data.aux, data.select, candidate,
-                        ckpt_dir=folder / f"cand{i}", progress=_relay(emit, i, len(candidates)),
-                        should_cancel=should_cancel, resume=resume, monitors=monitors)
-        del model
-        _free_device_memory()
-        if candidate.fixed_epoch is not None:  # the user fixed the epoch: only the setting is chosen
-            epoch, reason = candidate.fixed_epoch, f"epoch {candidate.fixed_epoch}: fixed_epoch set"
-        else:
-            epoch, reason = choose_epoch(outcome.per_epoch, CANARY, max_asr=config.canary_max_asr,
-                                         floor_key=DECOY if config.canary_criterion == "lift" else None)
-        rec = outcome.per_epoch[epoch - 1]
-        results.append({
-            "candidate": i,
-            "settings": settings,
-            "epoch": epoch,
-            "select_accuracy": rec["select_accuracy"],
-            "canary_asr": rec["monitors"][CANARY],
-            "canary_floor": rec["monitors"][FLOOR],
-            "canary_decoy": rec["monitors"][DECOY],
-            "probe_asr": _probe_asr(rec),
-            "reason": reason,
-            "per_epoch": [{"epoch": r["epoch"], "select_accuracy": r["select_accuracy"],
-                           "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR],
-                           "canary_decoy": r["monitors"][DECOY], "probe_asr": _probe_asr(r)}
-                          for r in outcome.per_epoch],
-        })
 
+def _train_candidate(model: nn.Module, tokenizer: Any, canary: _Planted, data: PreparedData,
+                     candidate: TrainConfig, ckpt_dir: Path, progress: ProgressCallback,
+                     should_cancel: CancelCheck | None, resume: bool) -> list[dict[str, Any]]:
+    from core.training.loop import train
+
+    outcome = train(model, tokenizer, canary.rows, data.aux, data.select, candidate, ckpt_dir=ckpt_dir,
+                    progress=progress, should_cancel=should_cancel, resume=resume, monitors=canary.monitors)
+    return outcome.per_epoch
+
+
+def _candidate_result(i: int, settings: dict[str, Any], candidate: TrainConfig, config: TrainConfig,
+                      per_epoch: list[dict[str, Any]]) -> dict[str, Any]:
+    """One candidate's chosen epoch (canary rule, or its fixed_epoch) and its per-epoch canary figures."""
+    if candidate.fixed_epoch is not None:  # the user fixed the epoch: only the setting is chosen
+        epoch, reason = candidate.fixed_epoch, f"epoch {candidate.fixed_epoch}: fixed_epoch set"
+    else:
+        epoch, reason = choose_epoch(per_epoch, CANARY, max_asr=config.canary_max_asr,
+                                     floor_key=DECOY if config.canary_criterion == "lift" else None)
+    rec = per_epoch[epoch - 1]
+    return {
+        "candidate": i,
+        "settings": settings,
+        "epoch": epoch,
+        "select_accuracy": rec["select_accuracy"],
+        "canary_asr": rec["monitors"][CANARY],
+        "canary_floor": rec["monitors"][FLOOR],
+        "canary_decoy": rec["monitors"][DECOY],
+        "probe_asr": _probe_asr(rec),
+        "reason": reason,
+        "per_epoch": [{"epoch": r["epoch"], "select_accuracy": r["select_accuracy"],
+                       "canary_asr": r["monitors"][CANARY], "canary_floor": r["monitors"][FLOOR],
+                       "canary_decoy": r["monitors"][DECOY], "probe_asr": _probe_asr(r)}
+                      for r in per_epoch],
+    }
+
+
+def _choose_report(results: list[dict[str, Any]], candidates: list[tuple[dict[str, Any], TrainConfig]],
+                   config: TrainConfig, canary: _Planted, data: PreparedData) -> CanaryReport:
+    """The setting with the best selection accuracy within the canary limit, as the report."""
     lift = config.canary_criterion == "lift"
     chosen, qualified = choose_setting(results, max_asr=config.canary_max_asr, lift=lift)
     best = results[chosen]
@@ -282,27 +336,14 @@ def calibrate_with_canary(model_factory: Callable[[TrainConfig], nn.Module], tok
                   + (f"highest selection accuracy among settings within the {what} limit"
                      if qualified else f"no setting kept the {what} within the limit; lowest")
                   + f"; {reason}")
-    report = CanaryReport(
+    return CanaryReport(
         config=candidates[chosen][1].model_copy(update={"fixed_epoch": best["epoch"]}),
         canary_asr=best["canary_asr"], canary_select_accuracy=best["select_accuracy"], epoch=best["epoch"],
-        candidates=results, reason=reason, spec=spec.public(), chosen=chosen,
-        max_asr=config.canary_max_asr, probe_rows=len(probe),
-        target_label=str(data.label_map.id2label[spec.target]),
-        extra={"chance_accuracy": chance, **_chance_warning(best["select_accuracy"], chance),
-               **({"screen": screen_check} if screen_check is not None else {})})
-    _write_json_atomic(report_path, {"fingerprint": fingerprint,
-                                     "config": report.config.model_dump(mode="json"),
-                                     "report": report.to_dict()})
-    # The candidates' checkpoints carry the planted trigger and the secret rebuilds it: neither may
-    # outlive the calibration (the report above is enough to resume).
-    for i in range(len(candidates)):
-        shutil.rmtree(folder / f"cand{i}", ignore_errors=True)
-    secret_path.unlink(missing_ok=True)
-    emit(ProgressEvent(kind="log", phase="training",
-                       message=f"canary calibration chose {reason}; canary ASR {report.canary_asr:.4f}",
-                       metrics={"canary_asr": report.canary_asr, "epoch": report.epoch,
-                                "settings": best["settings"]}))
-    return report
+        candidates=results, reason=reason, spec=canary.spec.public(), chosen=chosen,
+        max_asr=config.canary_max_asr, probe_rows=len(canary.probe),
+        target_label=str(data.label_map.id2label[canary.spec.target]),
+        extra={"chance_accuracy": canary.chance, **_chance_warning(best["select_accuracy"], canary.chance),
+               **({"screen": canary.screen_check} if canary.screen_check is not None else {})})
 
 
 def screen_finds_canary(planted: list[Example], data: PreparedData, config: TrainConfig) -> dict[str, Any] | None:
