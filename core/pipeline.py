@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,27 +45,9 @@ def epoch_monitors(data: PreparedData) -> dict[str, list[Example]]:
 
 def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
     """Read and check every input file before any training; raises DataError / ConfigError."""
-    from core.attacks.probes import build_probe, load_probe_file
-    from core.attacks.triggers import parse_trigger
-
     cols = {"text_column": inputs.text_column, "label_column": inputs.label_column}
-    named = [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select),
-             *[(f"probe:{k}", v) for k, v in inputs.probe_files.items()]]
-    for role, path in named:
-        if path is not None and not Path(path).is_file():
-            raise DataError("file not found", file=str(path), role=role)
-
-    raw_train = read_table(inputs.train, role="train", **cols)
-    label_map = LabelMap.from_labels([r.label for r in raw_train if r.label is not None])
-    if len(label_map.id2label) < 2:
-        raise DataError("the training file has fewer than 2 distinct labels", file=str(inputs.train),
-                        field=inputs.label_column, role="train")
-    try:
-        target = label_map.resolve_target(str(config.target_label))
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"target_label {config.target_label!r} is not a label of the training file "
-                          f"(labels: {sorted(label_map.label2id)})") from exc
-
+    _check_files_exist(inputs)
+    label_map, target = _labels(inputs, config, cols)
     train = load_examples(inputs.train, label_map, role="train", **cols)
     aux = load_examples(inputs.aux, label_map, role="aux", **cols)
     check_aux(aux, label_map, config.min_aux_per_class, str(inputs.aux))
@@ -86,6 +69,40 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
         sources["cacc"] = (f"train hold-out ({len(eval_rows)} rows not trained on; untrusted: may "
                            "contain poisoned rows)")
 
+    probes = _load_probes(inputs, config, eval_rows, label_map, target, cols, sources)
+    return PreparedData(label_map, target, train, aux, select, eval_rows, probes, sources, _input_hashes(inputs),
+                        select_from_aux=inputs.select is None)
+
+
+def _check_files_exist(inputs: JobInputs) -> None:
+    named = [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select),
+             *[(f"probe:{k}", v) for k, v in inputs.probe_files.items()]]
+    for role, path in named:
+        if path is not None and not Path(path).is_file():
+            raise DataError("file not found", file=str(path), role=role)
+
+
+def _labels(inputs: JobInputs, config: TrainConfig, cols: dict[str, str]) -> tuple[LabelMap, int]:
+    """The label map of the training file and the target label's id in it."""
+    raw_train = read_table(inputs.train, role="train", **cols)
+    label_map = LabelMap.from_labels([r.label for r in raw_train if r.label is not None])
+    if len(label_map.id2label) < 2:
+        raise DataError("the training file has fewer than 2 distinct labels", file=str(inputs.train),
+                        field=inputs.label_column, role="train")
+    try:
+        target = label_map.resolve_target(str(config.target_label))
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"target_label {config.target_label!r} is not a label of the training file "
+                          f"(labels: {sorted(label_map.label2id)})") from exc
+    return label_map, target
+
+
+def _load_probes(inputs: JobInputs, config: TrainConfig, eval_rows: list[Example], label_map: LabelMap,
+                 target: int, cols: dict[str, str], sources: dict[str, str]) -> dict[str, list[Example]]:
+    """Built-in probes (triggered eval rows) and probe files; notes OpenBackdoor-layout files in ``sources``."""
+    from core.attacks.probes import build_probe, load_probe_file
+    from core.attacks.triggers import parse_trigger
+
     probes: dict[str, list[Example]] = {}
     for spec in inputs.probes:
         name, trigger = parse_trigger(spec)
@@ -103,13 +120,15 @@ def validate_inputs(inputs: JobInputs, config: TrainConfig) -> PreparedData:
             raise ConfigError(f"probe name {name!r} is reserved for the per-epoch ASR floor; pick another")
         if not rows:
             raise ConfigError(f"probe {name!r} has no rows whose true label is not the target")
+    return probes
 
+
+def _input_hashes(inputs: JobInputs) -> dict[str, str]:
     sha = {role: file_sha256(Path(p)) for role, p in
            [("train", inputs.train), ("aux", inputs.aux), ("eval", inputs.eval), ("select", inputs.select)]
            if p is not None}
     sha.update({f"probe:{k}": file_sha256(Path(v)) for k, v in inputs.probe_files.items()})
-    return PreparedData(label_map, target, train, aux, select, eval_rows, probes, sources, sha,
-                        select_from_aux=inputs.select is None)
+    return sha
 
 
 def versions() -> dict[str, str]:
@@ -242,13 +261,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress: ProgressCallback | None,
                  should_cancel: CancelCheck | None, resume: bool,
                  explicit_keys: set[str] | None = None) -> JobResult:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from core.canary_run import maybe_calibrate
-    from core.defenses.build import defend
-    from core.defenses.methods import export_adapter, export_merged
-    from core.model_card import portable_base_name, write_model_card
-    from core.models.backbones import family, load_backbone, quiet_transformers, resolve_model_source
+    from core.model_card import write_model_card
     from core.training.loop import train
 
     emit = progress or (lambda event: None)
@@ -266,19 +279,8 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
     out_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input leaves no empty folder behind
 
     screen = run_screen(data, config, out_dir, emit, resume)
-
-    emit(ProgressEvent(kind="phase", phase="loading", message=f"loading backbone {config.model}"))
-    source = resolve_model_source(config.model)
-    model, tokenizer = load_backbone(source, data.label_map, seed=config.seed)
-    fam = family(model)
-    config = family_adjusted(config, fam, explicit_keys or set())
-    # Canary calibration (optional) may pick the epoch and settings; it must run before the defense is
-    # built because the chosen settings can change it. No planted trigger reaches the shipped model.
-    config, canary = maybe_calibrate(config, data, source, fam, tokenizer, out_dir, emit, should_cancel, resume)
-    model, head_fit = defend(model, tokenizer, config, fam, data.aux)
-    if head_fit is not None:
-        emit(ProgressEvent(kind="log", phase="loading", message="head initialised from a linear probe on aux",
-                           metrics=head_fit))
+    built = _build_model(data, config, out_dir, emit, should_cancel, resume, explicit_keys or set())
+    config, model, tokenizer = built.config, built.model, built.tokenizer
 
     emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
     tracker = frequency_tracker(model, tokenizer, data, config, emit)
@@ -287,13 +289,82 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
                     resume=resume, monitors=epoch_monitors(data), step_callback=tracker)
     analysis_files = tracker.finish(out_dir / "analysis") if tracker is not None else []
 
+    scored = _export_and_score(built, data, out_dir, emit)
+    metrics = _metrics(scored, built, outcome, data, screen, time.time() - started)
+    if analysis_files:
+        metrics["analysis_files"] = [str(p.relative_to(out_dir)) for p in analysis_files]
+    if built.canary:
+        metrics.update({"canary": built.canary, "canary_asr": built.canary["canary_asr"]})
+    write_json_atomic(metrics_path, metrics)
+    if scored.model_dir is not None:
+        write_model_card(scored.model_dir, metrics)
+    emit(ProgressEvent(kind="phase", phase="done", message="finished",
+                       metrics={"cacc": scored.cacc, "asr": scored.asr, "best_epoch": outcome.best_epoch}))
+    return JobResult(out_dir, metrics, scored.model_dir, scored.adapter_dir)
+
+
+@dataclass
+class _Built:
+    """The defended model a run trains, and how it came to be."""
+
+    model: Any
+    tokenizer: Any
+    config: TrainConfig  # family-adjusted, and the canary's choice when calibrated
+    family: str
+    source: str | Path
+    canary: dict[str, Any] | None
+    head_fit: dict[str, float] | None
+
+
+def _build_model(data: PreparedData, config: TrainConfig, out_dir: Path, emit: ProgressCallback,
+                 should_cancel: CancelCheck | None, resume: bool, explicit_keys: set[str]) -> _Built:
+    """Load the backbone, adjust the settings to its family, calibrate (canary), apply the defense."""
+    from core.canary_run import maybe_calibrate
+    from core.defenses.build import defend
+    from core.models.backbones import family, load_backbone, resolve_model_source
+
+    emit(ProgressEvent(kind="phase", phase="loading", message=f"loading backbone {config.model}"))
+    source = resolve_model_source(config.model)
+    model, tokenizer = load_backbone(source, data.label_map, seed=config.seed)
+    fam = family(model)
+    config = family_adjusted(config, fam, explicit_keys)
+    # Canary calibration (optional) may pick the epoch and settings; it must run before the defense is
+    # built because the chosen settings can change it. No planted trigger reaches the shipped model.
+    config, canary = maybe_calibrate(config, data, source, fam, tokenizer, out_dir, emit, should_cancel, resume)
+    model, head_fit = defend(model, tokenizer, config, fam, data.aux)
+    if head_fit is not None:
+        emit(ProgressEvent(kind="log", phase="loading", message="head initialised from a linear probe on aux",
+                           metrics=head_fit))
+    return _Built(model=model, tokenizer=tokenizer, config=config, family=fam, source=source, canary=canary,
+                  head_fit=head_fit)
+
+
+@dataclass
+class _Scored:
+    model_dir: Path | None
+    adapter_dir: Path | None
+    cacc: float
+    asr: dict[str, float]
+    floor: float | None
+    scored: str  # what the figures were computed on
+
+
+def _export_and_score(built: _Built, data: PreparedData, out_dir: Path, emit: ProgressCallback) -> _Scored:
+    """Export the merged model and the adapter, then score what is handed out (the merged folder, loaded as
+    a user would; the model in memory when it cannot be merged)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.defenses.methods import export_adapter, export_merged
+    from core.model_card import portable_base_name
+    from core.models.backbones import quiet_transformers
+
+    model, tokenizer, config = built.model, built.tokenizer, built.config
     emit(ProgressEvent(kind="phase", phase="exporting", message="merging and saving the model"))
-    model_dir = export_merged(model, tokenizer, out_dir / "model", fam)
+    model_dir = export_merged(model, tokenizer, out_dir / "model", built.family)
     adapter_dir = export_adapter(model, out_dir / "adapter", base_name=portable_base_name(config.model))
 
     emit(ProgressEvent(kind="phase", phase="evaluating", message="evaluating the exported model"))
     if model_dir is not None:
-        # Score what we hand out: the merged folder, loaded as a user would.
         with quiet_transformers():
             eval_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
             eval_tok = AutoTokenizer.from_pretrained(model_dir)
@@ -302,11 +373,17 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         eval_model, eval_tok = model, tokenizer
         scored = "trained model in memory (method cannot be merged; load adapter/ with the base model)"
     cacc, asr, floor = evaluate_classifier(eval_model, eval_tok, data.eval, data.probes, data.target, config)
+    return _Scored(model_dir=model_dir, adapter_dir=adapter_dir, cacc=cacc, asr=asr, floor=floor, scored=scored)
 
-    metrics: dict[str, Any] = {
-        "cacc": cacc,
-        "asr": asr,
-        "asr_floor": floor,  # clean non-target eval rows predicted as the target: read ASR against it
+
+def _metrics(scored: _Scored, built: _Built, outcome: Any, data: PreparedData, screen: Any,
+             wall_seconds: float) -> dict[str, Any]:
+    """metrics.json (before the optional analysis and canary keys)."""
+    config = built.config
+    return {
+        "cacc": scored.cacc,
+        "asr": scored.asr,
+        "asr_floor": scored.floor,  # clean non-target eval rows predicted as the target: read ASR against it
         "best_epoch": outcome.best_epoch,
         "per_epoch": outcome.per_epoch,
         "method": config.method,
@@ -314,27 +391,17 @@ def run_pipeline(inputs: JobInputs, config: TrainConfig, out_dir: Path, progress
         "seed": config.seed,
         "versions": versions(),
         "data_sha256": data.sha256,
-        "wall_seconds": round(time.time() - started, 2),
+        "wall_seconds": round(wall_seconds, 2),
         "train_seconds": round(outcome.wall_seconds, 2),
         "resumed_from_epoch": outcome.resumed_from_epoch,
-        "model_source": str(source) if config.model != "minilm" else "minilm (all-MiniLM-L6-v2, packaged)",
-        "family": fam,
+        "model_source": str(built.source) if config.model != "minilm" else "minilm (all-MiniLM-L6-v2, packaged)",
+        "family": built.family,
         "cacc_source": data.sources["cacc"],
         "selection_source": data.sources["select"],
         "probe_sources": {k.split(":", 1)[1]: v for k, v in data.sources.items() if k.startswith("probe:")},
-        "scored": scored,
-        "head_probe": head_fit,
+        "scored": scored.scored,
+        "head_probe": built.head_fit,
         "selection_rows": len(data.select),
         "data": data.summary(),
         "screen": screen,
     }
-    if analysis_files:
-        metrics["analysis_files"] = [str(p.relative_to(out_dir)) for p in analysis_files]
-    if canary:
-        metrics.update({"canary": canary, "canary_asr": canary["canary_asr"]})
-    write_json_atomic(metrics_path, metrics)
-    if model_dir is not None:
-        write_model_card(model_dir, metrics)
-    emit(ProgressEvent(kind="phase", phase="done", message="finished",
-                       metrics={"cacc": cacc, "asr": asr, "best_epoch": outcome.best_epoch}))
-    return JobResult(out_dir, metrics, model_dir, adapter_dir)
