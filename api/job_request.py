@@ -64,7 +64,8 @@ def settings_of(body: Any) -> dict[str, Any]:
 
 def file_ids(body: Any) -> dict[str, str]:
     """Role (train, aux, eval, probe:NAME) -> file id."""
-    ids = {role: getattr(body, field) for field, role in ROLES.items() if getattr(body, field)}
+    # `is not None`: an empty id is a missing file (422), not a field left out (found by fuzzing: a 500)
+    ids = {role: getattr(body, field) for field, role in ROLES.items() if getattr(body, field) is not None}
     ids.update({f"probe:{name}": fid for name, fid in body.probe_files.items()})
     return ids
 

@@ -13,11 +13,13 @@ from api.schemas import DeletedFile, ErrorResponse, FileList, FileObject, file_o
 
 router = APIRouter(prefix="/files", tags=["files"])
 
-ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+          503: {"model": ErrorResponse, "description": "the job database is unreachable (database_unavailable)"}}
 
 
 @router.post("", status_code=201, response_model=FileObject,
              responses={200: {"model": FileObject, "description": "the same content was uploaded before"},
+                        400: {"model": ErrorResponse, "description": "a multipart body that cannot be parsed"},
                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, **ERRORS})
 async def post_file(
     response: Response, db: DbDep, key: KeyDep, settings: SettingsDep, store: StoreDep,

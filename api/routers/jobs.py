@@ -25,7 +25,8 @@ from core.jobs.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+ERRORS = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+          503: {"model": ErrorResponse, "description": "the job database is unreachable (database_unavailable)"}}
 
 
 def owned_job(db: Session, key: ApiKey, job_id: str) -> Job:
@@ -74,7 +75,9 @@ async def _create(request: Request, db: Session, key: ApiKey, settings: Settings
 
 @router.post("", status_code=201, response_model=JobObject, openapi_extra=JOB_BODY,
              responses={200: {"model": JobObject, "description": "Idempotent replay"},
+                        400: {"model": ErrorResponse, "description": "a multipart body that cannot be parsed"},
                         409: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                        429: {"model": ErrorResponse, "description": "too many jobs of this key are waiting"},
                         415: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, **ERRORS})
 async def post_job(
     request: Request, response: Response, db: DbDep, key: KeyDep, settings: SettingsDep, store: StoreDep,

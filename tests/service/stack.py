@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +137,31 @@ class Stack:
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.client() as c:
             return c.get(f"/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
+
+
+@contextlib.contextmanager
+def own_stack(folder: Path, postgres_admin: str, broker_url: str, s3_endpoint: str, worker: bool = True,
+              hang_at: str | None = None, **overrides: str) -> Iterator[Stack]:
+    """A deployment of its own (database, queue, bucket), for faults the shared stack must not see."""
+    from core.jobs.migrate import upgrade
+    from tests.service.conftest import create_database, drop_database, free_port, stack_env
+
+    database = create_database(postgres_admin)
+    upgrade(database)
+    queue = f"muscle-test-{uuid.uuid4().hex[:10]}"
+    s = Stack(folder, stack_env(folder, database, broker_url, queue, s3_endpoint, **overrides), free_port())
+    try:
+        s.key = s.make_key("faults")
+        s.start_api()
+        if worker:
+            s.start_worker(hang_at=hang_at)
+        yield s
+    finally:
+        s.stop()
+        drop_database(postgres_admin, database)
+        with contextlib.suppress(Exception):  # messages no worker of ours took (Redis may be gone)
+            import redis
+
+            client = redis.Redis.from_url(broker_url, socket_connect_timeout=1)
+            for key in client.scan_iter(f"*{queue}*"):
+                client.delete(key)

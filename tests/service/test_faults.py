@@ -19,34 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.conftest import create_database, drop_database, free_port, stack_env, unavailable
-from tests.service.stack import Stack
+from tests.service.conftest import free_port, unavailable
+from tests.service.stack import Stack, own_stack
 from tests.service.test_e2e import config, post
 
 pytestmark = [pytest.mark.slow, pytest.mark.service, pytest.mark.faults]
 
 ROLES = ("train", "aux", "eval")
-
-
-@contextlib.contextmanager
-def own_stack(folder: Path, postgres_admin: str, broker_url: str, s3_endpoint: str, worker: bool = True,
-              hang_at: str | None = None, **overrides: str) -> Iterator[Stack]:
-    """A deployment of its own (database, queue, bucket), for faults the shared stack must not see."""
-    from core.jobs.migrate import upgrade
-
-    database = create_database(postgres_admin)
-    upgrade(database)
-    queue = f"muscle-test-{uuid.uuid4().hex[:10]}"
-    s = Stack(folder, stack_env(folder, database, broker_url, queue, s3_endpoint, **overrides), free_port())
-    try:
-        s.key = s.make_key("faults")
-        s.start_api()
-        if worker:
-            s.start_worker(hang_at=hang_at)
-        yield s
-    finally:
-        s.stop()
-        drop_database(postgres_admin, database)
 
 
 def kinds(stack: Stack, job_id: str) -> list[str]:
