@@ -58,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="muscle", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_command(sub)
+    _add_screen_and_settings_commands(sub)
+    _add_poison_command(sub)
+    _add_eval_and_baseline_commands(sub)
+    try:  # the service adds `serve` and `apikey`; the engine runs without it
+        from core.jobs.cli import add_service_commands
+    except ImportError:
+        pass
+    else:
+        add_service_commands(sub)
+    return parser
 
+
+def _add_train_command(sub: Any) -> None:
     t = sub.add_parser("train", help="train a clean model from a possibly poisoned training file")
     t.add_argument("--train", type=Path, required=True, help="training file (CSV, TSV or JSONL)")
     t.add_argument("--aux", type=Path, required=True, help="small trusted clean auxiliary file")
@@ -85,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     t.set_defaults(func=cmd_train)
 
+
+def _add_screen_and_settings_commands(sub: Any) -> None:
     sc = sub.add_parser("screen", help="audit a training file for poisoned rows without training")
     sc.add_argument("--train", type=Path, required=True, help="untrusted training file (CSV, TSV or JSONL)")
     sc.add_argument("--aux", type=Path, required=True, help="small trusted clean file (the same labels)")
@@ -98,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("settings", help="list every training setting with its profile values")
     s.set_defaults(func=cmd_settings)
 
+
+def _add_poison_command(sub: Any) -> None:
     p = sub.add_parser("poison", help="make a poisoned copy of a dataset (simulation, as OpenBackdoor)")
     p.add_argument("--in", dest="inp", type=Path, required=True, help="clean input file")
     p.add_argument("--out", type=Path, required=True, help="poisoned output file (format by extension)")
@@ -110,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(func=cmd_poison)
 
+
+def _add_eval_and_baseline_commands(sub: Any) -> None:
     e = sub.add_parser("eval", help="score a saved model folder on a clean file and attack probes")
     e.add_argument("--model", type=Path, required=True, help="a model folder (e.g. OUT/model)")
     e.add_argument("--eval", type=Path, required=True, help="clean evaluation file (CACC)")
@@ -125,14 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
                             "`muscle baseline -h` for details")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="the baseline runner's own arguments (`muscle baseline -h`)")
     b.set_defaults(func=cmd_baseline)
-
-    try:  # the service adds `serve` and `apikey`; the engine runs without it
-        from core.jobs.cli import add_service_commands
-    except ImportError:
-        pass
-    else:
-        add_service_commands(sub)
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, set[str]]:

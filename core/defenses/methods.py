@@ -255,6 +255,22 @@ def export_adapter(model: nn.Module, out_dir: str | Path, base_name: str | None 
         if _is_lora(model):
             write_peft_adapter(model, out, base_name)
 
+    tensors, mslr, adapters = _own_tensors(base)
+    heads = head_modules(base)
+    for prefix in heads:
+        for key, value in base.get_submodule(prefix).state_dict().items():
+            full = f"{prefix}.{key}"
+            if not _is_mslr_param(full, info.mslr_modules) and "lora_" not in full:
+                tensors[full] = value
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(out / ADAPTER_TENSORS))
+    meta = _adapter_meta(base.config, info, peft_dir, mslr, heads, adapters)
+    (out / ADAPTER_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    return out
+
+
+def _own_tensors(base: nn.Module) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]], list[str]]:
+    """The MSLR and bottleneck-adapter tensors (the base checkpoint has none of them), the MSLR modules'
+    settings and the adapter module names."""
     tensors: dict[str, torch.Tensor] = {}
     mslr: list[dict[str, Any]] = []
     adapters: list[str] = []
@@ -270,16 +286,13 @@ def export_adapter(model: nn.Module, out_dir: str | Path, base_name: str | None 
             for sub in ("down", "up"):
                 for key, value in getattr(module, sub).state_dict().items():
                     tensors[f"{name}.{sub}.{key}"] = value
-    heads = head_modules(base)
-    for prefix in heads:
-        for key, value in base.get_submodule(prefix).state_dict().items():
-            full = f"{prefix}.{key}"
-            if not _is_mslr_param(full, info.mslr_modules) and "lora_" not in full:
-                tensors[full] = value
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(out / ADAPTER_TENSORS))
+    return tensors, mslr, adapters
 
-    cfg = base.config
-    meta = {
+
+def _adapter_meta(cfg: Any, info: DefenseInfo, peft_dir: str | None, mslr: list[dict[str, Any]],
+                  heads: list[str], adapters: list[str]) -> dict[str, Any]:
+    """``muscle_adapter.json``: where each exported part goes and the settings to rebuild it."""
+    return {
         "format": ADAPTER_FORMAT,
         "version": ADAPTER_VERSION,
         "family": info.family,
@@ -303,8 +316,6 @@ def export_adapter(model: nn.Module, out_dir: str | Path, base_name: str | None 
             "(bias b0); load the remaining tensors by name. "
             "core.defenses.methods.load_exported_adapter does all of it."),
     }
-    (out / ADAPTER_JSON).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    return out
 
 
 @dataclass

@@ -97,10 +97,8 @@ def _versions() -> dict[str, str]:
 def cmd_detect(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from core.attacks.probes import build_probe, load_probe_file
-    from core.attacks.triggers import parse_trigger
     from core.data.dataset import load_examples
-    from core.defenses.baselines.common import corrector_metrics, detector_metrics, predict_proba
+    from core.defenses.baselines.common import predict_proba
 
     if BASELINES[args.defense] == "filter":
         raise SystemExit(f"error: {args.defense} filters training data; use the `filter` command")
@@ -112,14 +110,8 @@ def cmd_detect(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit_dev:
         dev = dev[:args.limit_dev]
     rows = load_examples(args.eval, label_map, role="eval", **cols)
-    probes = {}
-    for spec in args.probe:
-        name, trigger = parse_trigger(spec)
-        probes[name] = build_probe(rows, trigger, target, args.seed)  # same rows as `muscle train`
-    for name, path in args.probe_file:
-        probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
+    probes = _detect_probes(args, rows, label_map, target, cols)
     params = dict(args.param)
-    num_classes = label_map.num_labels
 
     def preds(texts: list[str]) -> np.ndarray:
         return predict_proba(model, tok, texts, args.batch_size, args.max_length).argmax(-1)
@@ -129,50 +121,90 @@ def cmd_detect(args: argparse.Namespace) -> dict[str, Any]:
     probe_pred = {n: preds([r.text for r in p]) for n, p in probes.items()}
     out: dict[str, Any] = {"defense": args.defense, "params": params, "target_label": label_map.name(target)}
     if args.defense == "onion":
-        from core.defenses.baselines.onion import Onion
-
-        if not args.lm:
-            raise SystemExit("error: onion needs --lm (a causal LM folder, GPT-2 in the paper)")
-        onion = Onion.from_pretrained(args.lm, device=_device(args.device), **params)
-        clean_fixed = preds(onion.correct([r.text for r in rows]))
-        labels = [r.label for r in rows]
-        out["asr"] = {}
-        for n, p in probes.items():
-            m = corrector_metrics(clean_fixed, labels, preds(onion.correct([r.text for r in p])), target)
-            out["asr"][n] = m["asr"]
-        out["cacc"] = float(np.mean(clean_fixed == np.asarray(labels)))
-        out["cacc_undefended"] = float(np.mean(clean_pred == np.asarray([r.label for r in rows])))
-        out["asr_undefended"] = {n: float(np.mean(v == target)) for n, v in probe_pred.items()}
+        out.update(_onion_results(args, params, preds, rows, probes, clean_pred, probe_pred, target))
     else:
-        if args.defense == "strip":
-            from core.defenses.baselines.common import proba_fn
-            from core.defenses.baselines.strip import Strip
-
-            detector: Any = Strip(proba_fn(model, tok, args.batch_size, args.max_length), seed=args.seed,
-                                  **params)
-        else:
-            from core.defenses.baselines.rap import Rap
-
-            params.setdefault("trigger", "mb")  # MuScleLoRA's config (upstream "cf", a Badnets trigger)
-            detector = Rap(model, tok, target, batch_size=args.batch_size, max_length=args.max_length,
-                           **params)
+        detector = _detector(args, params, model, tok, target)
         detector.fit([r.text for r in dev])
-        clean_flags = detector.detect([r.text for r in rows])
-        scheme = "flip" if num_classes == 2 else "reject"
-        out.update({"scheme": scheme, "threshold": detector.threshold, "asr": {}, "detail": {}})
-        for name, p in probes.items():
-            m = detector_metrics(clean_pred, [r.label for r in rows], clean_flags, probe_pred[name],
-                                 detector.detect([r.text for r in p]), target, num_classes)
-            out["detail"][name] = m
-            out["asr"][name] = m[f"asr_{scheme}"]
-            out["cacc"] = m[f"cacc_{scheme}"]
-        if not probes:
-            out["cacc"] = float(np.mean(clean_pred == np.asarray([r.label for r in rows])))
-        if hasattr(detector, "history"):
-            out["rap_history"] = detector.history
+        out.update(_detector_results(detector, rows, probes, clean_pred, probe_pred, target,
+                                     label_map.num_labels))
     counts = {"dev": len(dev), "eval": len(rows), **{f"probe:{k}": len(v) for k, v in probes.items()}}
     out.update({"rows": counts, "model": str(args.model), "versions": _versions(),
                 "wall_seconds": round(time.time() - started, 2)})
+    return out
+
+
+def _detect_probes(args: argparse.Namespace, rows: list[Any], label_map: Any, target: int,
+                   cols: dict[str, str]) -> dict[str, list[Any]]:
+    from core.attacks.probes import build_probe, load_probe_file
+    from core.attacks.triggers import parse_trigger
+
+    probes = {}
+    for spec in args.probe:
+        name, trigger = parse_trigger(spec)
+        probes[name] = build_probe(rows, trigger, target, args.seed)  # same rows as `muscle train`
+    for name, path in args.probe_file:
+        probes[name] = load_probe_file(path, label_map, target, role=f"probe:{name}", **cols)
+    return probes
+
+
+def _onion_results(args: argparse.Namespace, params: dict[str, Any], preds: Any, rows: list[Any],
+                   probes: dict[str, list[Any]], clean_pred: Any, probe_pred: dict[str, Any],
+                   target: int) -> dict[str, Any]:
+    """ONION corrects the inputs: CACC and ASR on the corrected texts, beside the undefended ones."""
+    import numpy as np
+
+    from core.defenses.baselines.common import corrector_metrics
+    from core.defenses.baselines.onion import Onion
+
+    if not args.lm:
+        raise SystemExit("error: onion needs --lm (a causal LM folder, GPT-2 in the paper)")
+    onion = Onion.from_pretrained(args.lm, device=_device(args.device), **params)
+    clean_fixed = preds(onion.correct([r.text for r in rows]))
+    labels = [r.label for r in rows]
+    out: dict[str, Any] = {"asr": {}}
+    for n, p in probes.items():
+        m = corrector_metrics(clean_fixed, labels, preds(onion.correct([r.text for r in p])), target)
+        out["asr"][n] = m["asr"]
+    out["cacc"] = float(np.mean(clean_fixed == np.asarray(labels)))
+    out["cacc_undefended"] = float(np.mean(clean_pred == np.asarray([r.label for r in rows])))
+    out["asr_undefended"] = {n: float(np.mean(v == target)) for n, v in probe_pred.items()}
+    return out
+
+
+def _detector(args: argparse.Namespace, params: dict[str, Any], model: Any, tok: Any, target: int) -> Any:
+    """STRIP or RAP, not yet fitted."""
+    if args.defense == "strip":
+        from core.defenses.baselines.common import proba_fn
+        from core.defenses.baselines.strip import Strip
+
+        return Strip(proba_fn(model, tok, args.batch_size, args.max_length), seed=args.seed, **params)
+    from core.defenses.baselines.rap import Rap
+
+    params.setdefault("trigger", "mb")  # MuScleLoRA's config (upstream "cf", a Badnets trigger)
+    return Rap(model, tok, target, batch_size=args.batch_size, max_length=args.max_length, **params)
+
+
+def _detector_results(detector: Any, rows: list[Any], probes: dict[str, list[Any]], clean_pred: Any,
+                      probe_pred: dict[str, Any], target: int, num_classes: int) -> dict[str, Any]:
+    """A fitted detector flags inputs: per probe, CACC and ASR when flagged inputs flip (2 classes) or are
+    rejected."""
+    import numpy as np
+
+    from core.defenses.baselines.common import detector_metrics
+
+    clean_flags = detector.detect([r.text for r in rows])
+    scheme = "flip" if num_classes == 2 else "reject"
+    out: dict[str, Any] = {"scheme": scheme, "threshold": detector.threshold, "asr": {}, "detail": {}}
+    for name, p in probes.items():
+        m = detector_metrics(clean_pred, [r.label for r in rows], clean_flags, probe_pred[name],
+                             detector.detect([r.text for r in p]), target, num_classes)
+        out["detail"][name] = m
+        out["asr"][name] = m[f"asr_{scheme}"]
+        out["cacc"] = m[f"cacc_{scheme}"]
+    if not probes:
+        out["cacc"] = float(np.mean(clean_pred == np.asarray([r.label for r in rows])))
+    if hasattr(detector, "history"):
+        out["rap_history"] = detector.history
     return out
 
 
