@@ -22,6 +22,9 @@ app = Celery("muscle", broker=settings.broker_url, include=["worker.tasks"])
 app.conf.update(
     task_acks_late=True,  # ack after the run: a crash leaves the message for redelivery
     task_reject_on_worker_lost=True,
+    # A broker restart must not stop a training: the database lease decides who runs a job, and the
+    # sweep re-sends what the broker lost (tests/service/test_faults.py). Celery 6 will default to True.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_prefetch_multiplier=1,  # never hold a second job while training one
     worker_concurrency=1,
     worker_pool="solo",  # the task runs in the worker's main process: no fork with CUDA
