@@ -29,6 +29,7 @@ from api.uploads import StagedFile, extension, probe_name, remove, stage
 from core.engine import JobInputs
 from core.errors import MuscleError
 from core.jobs.artifacts import ArtifactStore, job_prefix
+from core.jobs.contract import JobSpec, engine_inputs
 from core.jobs.events import add_event
 from core.jobs.ids import new_id
 from core.jobs.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, StoredFile, utcnow
@@ -93,11 +94,8 @@ def _stage_all(folder: Path, settings: Settings, train: UploadFile, aux: UploadF
 
 
 def _inputs(files: list[StagedFile], options: JobOptions) -> JobInputs:
-    by_role = {f.role: f.path for f in files}
-    return JobInputs(
-        train=by_role["train"], aux=by_role["aux"], eval=by_role.get("eval"),
-        probe_files={r.split(":", 1)[1]: p for r, p in by_role.items() if r.startswith("probe:")},
-        probes=tuple(options.probes), text_column=options.text_column, label_column=options.label_column)
+    return engine_inputs({f.role: f.path for f in files}, options.probes, options.text_column,
+                         options.label_column)
 
 
 def _user_error(exc: MuscleError, files: list[StagedFile]) -> ApiError:
@@ -173,11 +171,11 @@ def _accept(db: Session, store: ArtifactStore, job: Job, files: list[StagedFile]
         if isinstance(exc, MuscleError):
             raise _user_error(exc, files) from exc
         raise
-    job.inputs = {"files": {f.role: f.info(prefix + f.path.name) for f in files},
-                  "probes": options.probes, "text_column": options.text_column,
-                  "label_column": options.label_column,
-                  # settings the client chose (the engine's per-family presets leave them alone)
-                  "explicit_keys": sorted(k for k in options.request if k not in JOB_KEYS)}
+    job.inputs = JobSpec(files={f.role: f.info(prefix + f.path.name) for f in files},
+                         probes=options.probes, text_column=options.text_column,
+                         label_column=options.label_column,
+                         # settings the client chose (the engine's per-family presets leave them alone)
+                         explicit_keys=sorted(k for k in options.request if k not in JOB_KEYS)).to_json()
     job.validation = validation
     job.status = QUEUED
     add_event(db, job.id, "job.validated", "Files validated.", data=validation)

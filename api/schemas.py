@@ -7,10 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.jobs.contract import Progress, Status
 from core.jobs.models import TERMINAL, Job, JobEvent, StoredFile
-
-Status = Literal["validating", "queued", "running", "evaluating", "cancelling", "succeeded", "failed",
-                 "cancelled"]
 
 
 def ts(value: datetime | None) -> int | None:
@@ -64,17 +62,6 @@ class DeletedFile(BaseModel):
     id: str
     object: Literal["file.deleted"] = "file.deleted"
     deleted: bool = True
-
-
-class Progress(BaseModel):
-    phase: str | None = None
-    epoch: int | None = None
-    total_epochs: int | None = None
-    step: int | None = None
-    total_steps: int | None = None
-    loss: float | None = None
-    eta_seconds: float | None = None
-    updated_at: int | None = None
 
 
 class Metrics(BaseModel):

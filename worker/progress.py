@@ -13,6 +13,7 @@ from typing import Any
 
 from core.engine import ProgressEvent
 from core.jobs import lease
+from core.jobs.contract import PROGRESS_FIELDS
 from core.jobs.db import session_scope
 from core.jobs.events import add_event
 from core.jobs.models import EVALUATING, Job
@@ -33,8 +34,7 @@ class ProgressRecorder:
         self.on_epoch: Callable[[], None] | None = None  # e.g. push the epoch's checkpoint to the store
         self.job_id = job_id
         self.owner = owner
-        self.state: dict[str, Any] = {"phase": None, "epoch": None, "total_epochs": total_epochs,
-                                      "step": None, "total_steps": None, "loss": None, "eta_seconds": None}
+        self.state: dict[str, Any] = {**dict.fromkeys(PROGRESS_FIELDS), "total_epochs": total_epochs}
         self.per_epoch: list[dict[str, Any]] = []
         self._last_step_write = 0.0  # step writes have their own clock: epochs may be shorter
         self._dirty = False

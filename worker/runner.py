@@ -26,6 +26,7 @@ from core.errors import JobCancelled, MuscleError
 from core.jobs import lease
 from core.jobs.archive import make_tarball, sha256_file
 from core.jobs.artifacts import ArtifactStore, job_prefix
+from core.jobs.contract import JobSpec
 from core.jobs.db import session_scope
 from core.jobs.events import add_event
 from core.jobs.models import ACTIVE, CANCELLED, FAILED, QUEUED, SUCCEEDED, Job, JobEvent, utcnow
@@ -157,15 +158,16 @@ class JobRunner:
     def _engine(self, inputs: JobInputs, config: TrainConfig, out_dir: Path, recorder: ProgressRecorder,
                 keeper: LeaseKeeper, snapshot: dict[str, Any]) -> JobResult:
         return run_job(inputs, config, out_dir, progress=recorder, should_cancel=keeper.should_cancel,
-                       resume=True, explicit_keys=set(snapshot["inputs"].get("explicit_keys", [])))
+                       resume=True, explicit_keys=set(JobSpec.from_json(snapshot["inputs"]).explicit_keys))
 
     def _stage_inputs(self, inputs: dict[str, Any],
                       folder: Path) -> tuple[JobInputs, dict[str, tuple[str, str]]]:
         """Fetch the job's input files from the artifact store (kept across attempts)."""
         folder.mkdir(parents=True, exist_ok=True)
+        spec = JobSpec.from_json(inputs)
         paths: dict[str, Path] = {}
         names: dict[str, tuple[str, str]] = {}
-        for role, info in inputs["files"].items():
+        for role, info in spec.files.items():
             dest = folder / info["stored_as"]
             if not (dest.is_file() and sha256_file(dest) == info["sha256"]):
                 self.store.download(info["key"], dest)
@@ -173,13 +175,7 @@ class JobRunner:
                     raise RuntimeError(f"input {info['filename']!r} changed in the artifact store")
             paths[role] = dest
             names[str(dest)] = (info["filename"], role)
-        job_inputs = JobInputs(
-            train=paths["train"], aux=paths["aux"], eval=paths.get("eval"),
-            probe_files={r.split(":", 1)[1]: p for r, p in paths.items() if r.startswith("probe:")},
-            probes=tuple(inputs.get("probes", ())), text_column=inputs.get("text_column", "text"),
-            label_column=inputs.get("label_column", "label"),
-            names={role: info["filename"] for role, info in inputs["files"].items()})
-        return job_inputs, names
+        return spec.engine_inputs(paths), names
 
     def _upload(self, job_id: str, result: JobResult, work: Path) -> dict[str, dict[str, Any]]:
         prefix = job_prefix(job_id)

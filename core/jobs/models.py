@@ -18,13 +18,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Statuses (docs/service.md): the first three are waiting/working, the last three terminal.
-VALIDATING, QUEUED, RUNNING, EVALUATING, CANCELLING = (
-    "validating", "queued", "running", "evaluating", "cancelling")
-SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
-STATUSES = (VALIDATING, QUEUED, RUNNING, EVALUATING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
-TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-ACTIVE = frozenset({RUNNING, EVALUATING})  # a worker holds the lease
+# Statuses (docs/service.md) are the job contract's; re-exported here for the modules that use them with Job.
+from core.jobs.contract import (  # noqa: F401
+    ACTIVE,
+    CANCELLED,
+    CANCELLING,
+    EVALUATING,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    STATUSES,
+    SUCCEEDED,
+    TERMINAL,
+    VALIDATING,
+)
 
 
 def utcnow() -> datetime:
