@@ -55,3 +55,47 @@ def test_register_refuses_a_second_spec_of_a_name_and_a_missing_install(monkeypa
 def test_reading_the_registry_imports_no_torch() -> None:
     code = "import sys, core.config; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+NEW_DEFENSE = '''
+from core.defenses.registry import DefenseSpec, register_defense
+
+
+def install(model, config, fam, info):
+    from core.defenses.parts import install_lora
+
+    return install_lora(model, config.model_copy(update={"lora_targets": ["query", "key", "value"]}), fam, info)
+
+
+register_defense(DefenseSpec(name="lora-qkv", order=90, trains="lora", install=install, summary="LoRA on Q, K, V",
+                             profile_values={"default": {"lr": 1e-3}}))
+'''
+
+USE_IT = '''
+import sys
+import core.defenses.kinds as kinds
+
+kinds.__path__.append(sys.argv[1])  # as if the file were in core/defenses/kinds/
+from core.cli import build_parser
+from core.config import METHODS, resolve_config
+from core.defenses.methods import apply_defense, export_adapter
+from core.models.backbones import load_backbone
+from tests.tiny_models import TinyLabels
+
+assert METHODS[-1] == "lora-qkv", METHODS
+args = build_parser().parse_args(["train", "--train", "t", "--aux", "a", "--out", "o", "--method", "lora-qkv"])
+config = resolve_config("default", {"method": args.method})
+assert config.lr == 1e-3 and config.parts == {"lora": True, "mslr": False, "ga": False}
+model, _ = load_backbone(sys.argv[2], TinyLabels(2), seed=0)
+model = apply_defense(model, config, "bert")
+trained = {n for n, p in model.named_parameters() if p.requires_grad}
+assert any(".key.lora_A" in n for n in trained) and all("lora_" in n for n in trained), trained
+assert export_adapter(model, sys.argv[3]) is not None
+'''
+
+
+def test_a_new_defense_is_one_file(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "kind").mkdir()
+    (tmp_path / "kind" / "lora_qkv.py").write_text(NEW_DEFENSE)
+    subprocess.run([sys.executable, "-c", USE_IT, str(tmp_path / "kind"), str(tiny("bert")), str(tmp_path / "ad")],
+                   check=True, cwd=ROOT)
