@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from core.jobs import contract, models
-from core.jobs.contract import PROGRESS_FIELDS, JobSpec, Progress
+from core.jobs.contract import EVENT_TYPES, PROGRESS_FIELDS, JobSpec, Progress
 
 FILE = {"filename": "my train.tsv", "bytes": 10, "sha256": "ab", "rows": 2, "key": "k", "stored_as": "train.tsv",
         "file_id": None}
@@ -35,3 +36,29 @@ def test_statuses_and_progress_fields_have_one_definition() -> None:
     assert contract.Status.__args__ == contract.STATUSES  # type: ignore[attr-defined]
     assert PROGRESS_FIELDS == ("phase", "epoch", "total_epochs", "step", "total_steps", "loss", "eta_seconds")
     assert set(Progress.model_fields) == {*PROGRESS_FIELDS, "updated_at"}
+
+
+def _literal_types(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _literal_types(node.body) + _literal_types(node.orelse)
+    return []
+
+
+def test_every_event_type_written_is_in_the_contract_and_documented() -> None:
+    root = Path(__file__).resolve().parents[1]
+    written: set[str] = set()
+    for package in ("core", "api", "worker"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "add_event" and len(node.args) > 2:
+                    written.update(_literal_types(node.args[2]))
+    # the progress recorder passes its types in (type, message, data) tuples
+    recorder = ast.parse((root / "worker" / "progress.py").read_text(encoding="utf-8"))
+    written.update(n.elts[0].value for n in ast.walk(recorder)
+                   if isinstance(n, ast.Tuple) and len(n.elts) == 3 and isinstance(n.elts[0], ast.Constant))
+    assert {"job.created", "job.failed", "phase", "metrics", "epoch", "message"} <= written
+    assert written <= set(EVENT_TYPES), written - set(EVENT_TYPES)
+    docs = (root / "docs" / "service.md").read_text(encoding="utf-8").split("### Events", 1)[1]
+    assert [t for t in EVENT_TYPES if f"`{t}`" not in docs] == []

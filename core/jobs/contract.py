@@ -5,7 +5,8 @@ They never import each other (tests/service/test_layout.py), so what both must a
 * the statuses a job goes through (docs/service.md);
 * `JobSpec`: what the API stores in ``Job.inputs`` (the stored input files, probes, columns, the settings
   the client chose) and what the worker reads back to build the engine's `JobInputs`;
-* `Progress`: the progress snapshot the worker writes to ``Job.progress`` and the API returns.
+* `Progress`: the progress snapshot the worker writes to ``Job.progress`` and the API returns;
+* `EVENT_TYPES`: the event log's types (``add_event``; docs/service.md "Events").
 
 Plain data: no web, queue or database imports.
 """
@@ -30,6 +31,13 @@ STATUSES = (VALIDATING, QUEUED, RUNNING, EVALUATING, CANCELLING, SUCCEEDED, FAIL
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({RUNNING, EVALUATING})  # a worker holds the lease
 Status = Literal[STATUSES]  # type: ignore[valid-type]
+
+# Event types: the job's lifecycle (api/, worker/, the reaper) and, written by the worker's progress
+# recorder, `phase`, `metrics` (throttled steps), `epoch` and `message` (engine log lines).
+EVENT_TYPES: tuple[str, ...] = (
+    "job.created", "job.validated", "job.queued", "job.deferred", "job.started", "job.resumed",
+    "phase", "metrics", "epoch", "message", "job.cancel_requested", "job.requeued", "artifact.uploaded",
+    "warning", "job.succeeded", "job.failed", "job.cancelled")
 
 
 # ``Job.progress``: the latest training state (the worker writes it, the API shows it). No docstring: it
