@@ -169,9 +169,9 @@ class _Run:
     use_ga: bool
     select: Sequence[Any]
     monitors: dict[str, Sequence[Any]]
-    emit: Callable[[ProgressEvent], None]
-    cancelled: Callable[[], bool]
-    step_callback: Callable[[nn.Module, int, int], None] | None
+    emit: Callable[[ProgressEvent], None] = lambda event: None  # noqa: E731
+    cancelled: Callable[[], bool] = lambda: False  # noqa: E731
+    step_callback: Callable[[nn.Module, int, int], None] | None = None
     clock: _Clock = field(default_factory=_Clock)
 
     @property
@@ -206,8 +206,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     if use_ga and not aux:
         raise ConfigError(f"method {config.method!r} uses gradient alignment and needs clean aux rows")
     run = _setup(model, tokenizer, train, aux, select, monitors, config, use_ga)
-    run.emit = progress or (lambda event: None)
-    run.cancelled = should_cancel or (lambda: False)
+    run.emit = progress or run.emit
+    run.cancelled = should_cancel or run.cancelled
     run.step_callback = step_callback
     fingerprint = _fingerprint(config, train, aux, select, run.keys, use_ga)
     ckpts = (Checkpoints(Path(ckpt_dir), fingerprint)
@@ -244,8 +244,7 @@ def _setup(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence
     opt = _optimisation(named, config, plan.total_steps, precision)
     return _Run(model=model, tokenizer=tokenizer, config=config, device=device, precision=precision,
                 params=[p for _, p in named], keys=keys, data=data, plan=plan, opt=opt, use_ga=use_ga,
-                select=select, monitors=monitors, emit=lambda event: None, cancelled=lambda: False,
-                step_callback=None)
+                select=select, monitors=monitors)
 
 
 def _encode(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[Any], use_ga: bool,
