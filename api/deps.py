@@ -26,16 +26,20 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def close_session(session: Session) -> None:
+    try:
+        session.close()
+    except SQLAlchemyError:  # the database dropped the connection: discard it, never fail after the answer
+        with suppress(SQLAlchemyError):
+            session.invalidate()
+
+
 def get_db(request: Request) -> Iterator[Session]:
     session = get_sessionmaker(request.app.state.settings.database_url)()
     try:
         yield session
     finally:
-        try:
-            session.close()
-        except SQLAlchemyError:  # the database dropped the connection: discard it, never fail after the answer
-            with suppress(SQLAlchemyError):
-                session.invalidate()
+        close_session(session)
 
 
 def get_store(request: Request) -> ArtifactStore:
@@ -52,8 +56,15 @@ StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 
-def current_key(db: DbDep,
-                creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> ApiKey:
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def current_key(db: DbDep, creds: CredentialsDep) -> ApiKey:
+    return authenticate(db, creds)
+
+
+def authenticate(db: Session, creds: HTTPAuthorizationCredentials | None) -> ApiKey:
+    """The caller's active key, or 401."""
     unauthorized = {"WWW-Authenticate": "Bearer"}
     if creds is None or creds.scheme.lower() != "bearer":
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",

@@ -3,7 +3,9 @@
 Each poller is one keep-alive HTTP connection that asks for the job, waits `--interval` seconds after
 each answer, and asks again, for `--seconds`; `--interval 0` polls back to back (a closed loop: latency
 then measures the server's throughput, not a client's experience). Prints and appends to
-bench/results/load.jsonl: requests, errors (non-200 or transport), p50 / p99 / max in milliseconds.
+bench/results/load.jsonl: requests, errors (non-200 or transport), p50 / p99 / max in milliseconds, and
+the server's own view from its /metrics histogram (requests, share answered within 50 ms, the buckets
+holding its p50 and p99): a client-side figure far above the server's is the load generator's queueing.
 `--streams N` holds N server-sent-event streams of the job open meanwhile and says how many broke.
 
     .venv/bin/python bench/load_poll.py --url http://127.0.0.1:8000 --key KEY --job JOB_ID \\
@@ -18,6 +20,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -25,7 +28,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "load.jsonl"
 
 
 async def poller(client: httpx.AsyncClient, path: str, until: float, interval: float, lat: list[float],
-                 errors: list[str]) -> None:
+                 errors: list[str], delay: float = 0.0) -> None:
+    await asyncio.sleep(delay)
     while time.monotonic() < until:
         start = time.perf_counter()
         try:
@@ -37,6 +41,84 @@ async def poller(client: httpx.AsyncClient, path: str, until: float, interval: f
         lat.append(time.perf_counter() - start)
         if interval:
             await asyncio.sleep(interval)
+
+
+class RawPoller:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol to poll: a fixed request,
+    the status line, Content-Length and the body. It costs the machine far less than an httpx request,
+    so on a small shared machine the figures measure the server, not the load generator."""
+
+    def __init__(self, url: str, path: str, key: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.request = (f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                        f"Authorization: Bearer {key}\r\nAccept: application/json\r\n\r\n").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(self.request)
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = next(int(h.split(":", 1)[1]) for h in lines if h.lower().startswith("content-length:"))
+            await self.reader.readexactly(length)
+            return int(lines[0].split()[1])
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def raw_poller(url: str, key: str, path: str, until: float, interval: float, lat: list[float],
+                     errors: list[str], delay: float = 0.0) -> None:
+    conn = RawPoller(url, path, key)
+    await asyncio.sleep(delay)
+    while time.monotonic() < until:
+        start = time.perf_counter()
+        try:
+            status = await asyncio.wait_for(conn.get(), timeout=60)
+            if status != 200:
+                errors.append(str(status))
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration) as exc:
+            errors.append(type(exc).__name__)
+        lat.append(time.perf_counter() - start)
+        if interval:
+            await asyncio.sleep(interval)
+    conn.close()
+
+
+def server_histogram(url: str, route: str) -> dict[float, float]:
+    """The API's own request-duration histogram for one route (its /metrics, cumulative buckets)."""
+    out: dict[float, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("muscle_http_request_seconds_bucket{") and f'route="{route}"' in line:
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def server_view(before: dict[float, float], after: dict[float, float]) -> dict[str, object]:
+    """What the server measured meanwhile: its requests, the share answered within 50 ms, and the
+    histogram bucket that holds its p50 and p99 (upper bounds in ms)."""
+    counts = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if not total:
+        return {}
+
+    def bucket(q: float) -> float | None:
+        bound = next(b for b, n in counts.items() if n >= q * total)
+        return None if bound == float("inf") else round(1000 * bound, 1)
+
+    return {"server_requests": int(total), "server_within_50ms": round(counts.get(0.05, 0.0) / total, 4),
+            "server_p50_bucket_ms": bucket(0.5), "server_p99_bucket_ms": bucket(0.99)}
 
 
 async def stream(client: httpx.AsyncClient, path: str, until: float, opened: list[int], broken: list[str]) -> None:
@@ -67,12 +149,19 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     broken: list[str] = []
     size = args.pollers + args.streams
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    before = server_histogram(args.url, "/jobs/{job_id}")
     async with httpx.AsyncClient(base_url=args.url, headers={"Authorization": f"Bearer {args.key}"},
                                  limits=limits, timeout=60) as client:
         until = time.monotonic() + args.seconds
         streams = [stream(client, f"/jobs/{args.job}/events", until, opened, broken) for _ in range(args.streams)]
-        await asyncio.gather(*streams, *(poller(client, f"/jobs/{args.job}", until, args.interval, lat, errors)
-                                         for _ in range(args.pollers)))
+        path = f"/jobs/{args.job}"
+        # --stagger: poller i starts i/N of an interval late, as independent clients would, instead of all
+        # asking in the same millisecond every interval
+        delays = [i * args.interval / args.pollers if args.stagger else 0.0 for i in range(args.pollers)]
+        pollers = [raw_poller(args.url, args.key, path, until, args.interval, lat, errors, d) if args.client == "raw"
+                   else poller(client, path, until, args.interval, lat, errors, d) for d in delays]
+        await asyncio.gather(*streams, *pollers)
+    server = server_view(before, server_histogram(args.url, "/jobs/{job_id}"))
     ms = sorted(1000 * x for x in lat)
 
     def q(p: float) -> float:
@@ -83,7 +172,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": round(ms[-1], 1),
             "mean_ms": round(statistics.fmean(ms), 1),
             **({"streams": args.streams, "streams_opened": len(opened), "streams_broken": broken}
-               if args.streams else {})}
+               if args.streams else {}), "client": args.client, "stagger": args.stagger, **server}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--streams", type=int, default=0, help="event streams held open meanwhile (the job must "
                    "not end during the run)")
+    p.add_argument("--client", choices=("httpx", "raw"), default="httpx", help="pollers' HTTP client: httpx, or "
+                   "a minimal keep-alive HTTP/1.1 loop that leaves the CPU to the server (streams always use httpx)")
+    p.add_argument("--stagger", action="store_true", help="spread the pollers' first requests over one interval "
+                   "(default: all start together and stay in step)")
     p.add_argument("--label", default="")
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
