@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
 import socket
 import subprocess
 import threading
@@ -138,7 +139,6 @@ def multipart(boundary: str, rows: int) -> tuple[bytes, bytes, bytes]:
 
 
 def big_artifact(stack: Stack, job_id: str, size: int) -> dict[str, Any]:
-    import os
 
     import boto3
     from sqlalchemy import update
@@ -325,10 +325,11 @@ def test_database_unreachable_answers_503_and_recovers(stack: Stack, tmp_path: P
 # -- a full artifact disk --------------------------------------------------------------------------
 @contextlib.contextmanager
 def small_disk(folder: Path, size_mb: int) -> Iterator[bool]:
-    """A tmpfs of `size_mb` at `folder`; False (nothing mounted) where mounting is not allowed."""
+    """A tmpfs of `size_mb` at `folder`; False (nothing mounted) where mounting is not allowed, or with
+    MUSCLE_TEST_NO_MOUNT=1 (to run the simulated full disk here)."""
     folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0
+    mounted = not os.environ.get("MUSCLE_TEST_NO_MOUNT") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(folder)], capture_output=True).returncode == 0
     try:
         yield mounted
     finally:
@@ -355,14 +356,16 @@ def test_a_full_artifact_disk_fails_the_job_with_its_reason(tmp_path: Path, post
     `failed` with the disk's error, nothing of it is served or left half-written, and once space is
     freed the next job succeeds."""
     store = tmp_path / "artifacts"
+    flag = tmp_path / "disk-full"  # used only where no tmpfs can be mounted (not root)
     with small_disk(store, 16) as mounted:
-        if not mounted:
-            pytest.skip("cannot mount a tmpfs here (needs root); see bench/results/hardening.md")
+        simulated = {} if mounted else {"MUSCLE_TEST_DISK_FULL_FLAG": str(flag)}
         with own_stack(tmp_path, postgres_admin, redis_url, s3_endpoint, hang_at="exporting",
-                       MUSCLE_ARTIFACTS=str(store)) as s:
+                       MUSCLE_ARTIFACTS=str(store), **simulated) as s:
             job_id = post(s, dataset, config(tiny_model, epochs=1), ROLES)
             s.wait_marker("exporting")
-            filler = fill(store)
+            filler = fill(store) if mounted else flag
+            filler.touch()
+            print(f"\n[figure] full artifact disk: {'a 16 MB tmpfs, filled' if mounted else 'simulated ENOSPC'}")
             s.marker("exporting").with_name("at-exporting.go").touch()
             job = s.wait(job_id)
             assert job["status"] == "failed", (job, s.log())
