@@ -139,7 +139,6 @@ def multipart(boundary: str, rows: int) -> tuple[bytes, bytes, bytes]:
 
 
 def big_artifact(stack: Stack, job_id: str, size: int) -> dict[str, Any]:
-
     import boto3
     from sqlalchemy import update
 
