@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.queue import Dispatcher
-from core.jobs.artifacts import ArtifactStore
-from core.jobs.auth import lookup_key
-from core.jobs.db import get_sessionmaker
-from core.jobs.models import ApiKey
-from core.jobs.settings import Settings
+from core.service.artifacts import ArtifactStore
+from core.service.auth import lookup_key
+from core.service.db import get_sessionmaker
+from core.service.models import ApiKey
+from core.service.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="an API key made by `muscle apikey create`")
 

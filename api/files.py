@@ -16,11 +16,11 @@ from api.errors import ApiError, not_found
 from api.uploads import StagedFile, extension, remove, stage
 from core.data.table import read_table
 from core.errors import MuscleError
-from core.jobs.artifacts import ArtifactStore
-from core.jobs.ids import new_id
-from core.jobs.models import TERMINAL, ApiKey, Job, StoredFile, utcnow
-from core.jobs.settings import Settings
-from core.jobs.userfiles import user_error
+from core.service.artifacts import ArtifactStore
+from core.service.ids import new_id
+from core.service.models import TERMINAL, ApiKey, Job, StoredFile, utcnow
+from core.service.settings import Settings
+from core.service.userfiles import user_error
 
 Purpose = Literal["train", "aux", "eval", "probe"]
 PURPOSES: tuple[str, ...] = Purpose.__args__  # type: ignore[attr-defined]

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from api.errors import ApiError
 from core.config import TrainConfig, resolve_config
 from core.errors import ConfigError
-from core.jobs.policy import device_allowed, model_allowed
-from core.jobs.settings import Settings
 from core.models.availability import check_model
+from core.service.policy import device_allowed, model_allowed
+from core.service.settings import Settings
 
 # Keys that configure the job rather than training; everything else must be a TrainConfig field.
 JOB_KEYS = ("metadata", "probes", "text_column", "label_column")

@@ -28,13 +28,13 @@ from api.queue import Dispatcher
 from api.uploads import StagedFile, extension, probe_name, remove, stage
 from core.engine import JobInputs
 from core.errors import MuscleError
-from core.jobs.artifacts import ArtifactStore, job_prefix
-from core.jobs.contract import JobSpec, engine_inputs
-from core.jobs.events import add_event
-from core.jobs.ids import new_id
-from core.jobs.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, StoredFile, utcnow
-from core.jobs.settings import Settings
-from core.jobs.userfiles import json_safe, user_error
+from core.service.artifacts import ArtifactStore, job_prefix
+from core.service.contract import JobSpec, engine_inputs
+from core.service.events import add_event
+from core.service.ids import new_id
+from core.service.models import QUEUED, VALIDATING, ApiKey, IdempotencyKey, Job, StoredFile, utcnow
+from core.service.settings import Settings
+from core.service.userfiles import json_safe, user_error
 
 log = logging.getLogger("api.jobs")
 

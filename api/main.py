@@ -15,8 +15,8 @@ from api.limits import UploadLimitMiddleware
 from api.metrics import STATUS_COLLECTOR, MetricsMiddleware
 from api.queue import Dispatcher
 from api.routers import artifacts, events, files, health, jobs
-from core.jobs.artifacts import open_store
-from core.jobs.settings import Settings, get_settings
+from core.service.artifacts import open_store
+from core.service.settings import Settings, get_settings
 
 DESCRIPTION = """Train a clean text classifier from an untrusted, possibly backdoor-poisoned dataset with
 the MuScleLoRA defense. Every endpoint except /healthz, /readyz, /metrics and the docs needs

@@ -11,8 +11,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from core.jobs.db import get_sessionmaker
-from core.jobs.models import STATUSES, Job
+from core.service.db import get_sessionmaker
+from core.service.models import STATUSES, Job
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 JOBS_CREATED = Counter("muscle_jobs_created", "Jobs accepted by POST /jobs", registry=REGISTRY)

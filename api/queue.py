@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.jobs.settings import TASK_NAME, Settings, broker_options
+from core.service.settings import TASK_NAME, Settings, broker_options
 
 
 class Dispatcher:

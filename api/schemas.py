@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs.contract import Progress, Status
-from core.jobs.models import TERMINAL, Job, JobEvent, StoredFile
+from core.service.contract import Progress, Status
+from core.service.models import TERMINAL, Job, JobEvent, StoredFile
 
 
 def ts(value: datetime | None) -> int | None:

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_poison_command(sub)
     _add_eval_and_baseline_commands(sub)
     try:  # the service adds `serve` and `apikey`; the engine runs without it
-        from core.jobs.cli import add_service_commands
+        from core.service.cli import add_service_commands
     except ImportError:
         pass
     else:

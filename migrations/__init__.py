@@ -1,4 +1,4 @@
 """Alembic migrations: the only way the service schema is created or changed.
 
-Run `python -m core.jobs.migrate` (or `alembic -c migrations/alembic.ini upgrade head`).
+Run `python -m core.service.migrate` (or `alembic -c migrations/alembic.ini upgrade head`).
 """

@@ -1,4 +1,4 @@
-"""Alembic environment: URL from the caller or core.jobs.settings; metadata from core.jobs.models."""
+"""Alembic environment: URL from the caller or core.service.settings; metadata from core.service.models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from core.jobs.models import Base
+from core.service.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -20,7 +20,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from core.jobs.settings import Settings
+    from core.service.settings import Settings
 
     return Settings().database_url
 

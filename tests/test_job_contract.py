@@ -1,12 +1,12 @@
-"""The job contract (core/jobs/contract.py) the API writes and the worker reads."""
+"""The job contract (core/service/contract.py) the API writes and the worker reads."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-from core.jobs import contract, models
-from core.jobs.contract import EVENT_TYPES, PROGRESS_FIELDS, JobSpec, Progress
+from core.service import contract, models
+from core.service.contract import EVENT_TYPES, PROGRESS_FIELDS, JobSpec, Progress
 
 FILE = {"filename": "my train.tsv", "bytes": 10, "sha256": "ab", "rows": 2, "key": "k", "stored_as": "train.tsv",
         "file_id": None}

@@ -2,7 +2,7 @@
 
 One training at a time per worker process (solo pool, concurrency 1, prefetch 1), late acks so a
 crash does not lose the message; the database lease, not the broker, decides who runs a job
-(see core/jobs/lease.py and docs/service.md "Reliability").
+(see core/service/lease.py and docs/service.md "Reliability").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from core.jobs.settings import TASK_NAME, broker_options, get_settings
+from core.service.settings import TASK_NAME, broker_options, get_settings
 
 settings = get_settings()
 log = logging.getLogger("worker")

@@ -12,8 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-from core.jobs.archive import sha256_file
-from core.jobs.artifacts import ArtifactNotFound, ArtifactStore, job_prefix
+from core.service.archive import sha256_file
+from core.service.artifacts import ArtifactNotFound, ArtifactStore, job_prefix
 
 log = logging.getLogger("worker.checkpoints")
 MANIFEST = "manifest.json"

@@ -8,10 +8,10 @@ import time
 
 from sqlalchemy import select
 
-from core.jobs import lease
-from core.jobs.db import session_scope
-from core.jobs.models import Job
-from core.jobs.settings import Settings
+from core.service import lease
+from core.service.db import session_scope
+from core.service.models import Job
+from core.service.settings import Settings
 
 log = logging.getLogger("worker.lease")
 

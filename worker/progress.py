@@ -12,13 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from core.engine import ProgressEvent
-from core.jobs import lease
-from core.jobs.contract import PROGRESS_FIELDS
-from core.jobs.db import session_scope
-from core.jobs.events import add_event
-from core.jobs.models import EVALUATING, Job
-from core.jobs.settings import Settings
-from core.jobs.userfiles import json_safe
+from core.service import lease
+from core.service.contract import PROGRESS_FIELDS
+from core.service.db import session_scope
+from core.service.events import add_event
+from core.service.models import EVALUATING, Job
+from core.service.settings import Settings
+from core.service.userfiles import json_safe
 from worker.metrics import StepClock
 
 log = logging.getLogger("worker.progress")

@@ -23,15 +23,15 @@ from sqlalchemy import func, select
 from core.config import TrainConfig
 from core.engine import JobInputs, JobResult, run_job
 from core.errors import JobCancelled, MuscleError
-from core.jobs import lease
-from core.jobs.archive import make_tarball, sha256_file
-from core.jobs.artifacts import ArtifactStore, job_prefix
-from core.jobs.contract import JobSpec
-from core.jobs.db import session_scope
-from core.jobs.events import add_event
-from core.jobs.models import ACTIVE, CANCELLED, FAILED, QUEUED, SUCCEEDED, Job, JobEvent, utcnow
-from core.jobs.settings import Settings
-from core.jobs.userfiles import json_safe, metrics_summary, user_error
+from core.service import lease
+from core.service.archive import make_tarball, sha256_file
+from core.service.artifacts import ArtifactStore, job_prefix
+from core.service.contract import JobSpec
+from core.service.db import session_scope
+from core.service.events import add_event
+from core.service.models import ACTIVE, CANCELLED, FAILED, QUEUED, SUCCEEDED, Job, JobEvent, utcnow
+from core.service.settings import Settings
+from core.service.userfiles import json_safe, metrics_summary, user_error
 from worker.checkpoint_sync import CheckpointSync
 from worker.lease_keeper import LeaseKeeper
 from worker.metrics import JOBS_FINISHED, JOBS_RUNNING, QUEUE_WAIT

@@ -1,4 +1,4 @@
-"""Background thread in every worker: the reaper sweep (core.jobs.reaper) at start and periodically."""
+"""Background thread in every worker: the reaper sweep (core.service.reaper) at start and periodically."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from core.jobs import lease
-from core.jobs.db import session_scope
-from core.jobs.models import TERMINAL, Job
-from core.jobs.reaper import sweep
-from core.jobs.settings import Settings
+from core.service import lease
+from core.service.db import session_scope
+from core.service.models import TERMINAL, Job
+from core.service.reaper import sweep
+from core.service.settings import Settings
 
 log = logging.getLogger("worker.sweeper")
 

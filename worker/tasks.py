@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from core.jobs.artifacts import open_store
-from core.jobs.settings import TASK_NAME
+from core.service.artifacts import open_store
+from core.service.settings import TASK_NAME
 from worker.celery_app import SHUTDOWN, app, dispatch, settings
 from worker.runner import JobRunner
 

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import DbDep, KeyDep, StoreDep
 from api.errors import ApiError
 from api.routers.jobs import ERRORS, owned_job
-from core.jobs.artifacts import ArtifactNotFound
+from core.service.artifacts import ArtifactNotFound
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 

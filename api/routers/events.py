@@ -15,8 +15,8 @@ from sqlalchemy import select
 from api.deps import DbDep, KeyDep
 from api.routers.jobs import ERRORS, owned_job
 from api.schemas import EventList, event_object
-from core.jobs.db import get_sessionmaker
-from core.jobs.models import TERMINAL, Job, JobEvent
+from core.service.db import get_sessionmaker
+from core.service.models import TERMINAL, Job, JobEvent
 
 router = APIRouter(prefix="/jobs", tags=["events"])
 KEEPALIVE_SECONDS = 15.0

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.metrics import REGISTRY
-from core.jobs.db import get_engine
+from core.service.db import get_engine
 
 router = APIRouter(tags=["health"])
 

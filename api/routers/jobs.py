@@ -18,12 +18,12 @@ from api.job_request import parse_body
 from api.metrics import JOBS_CREATED
 from api.queue import Dispatcher
 from api.schemas import DeletedJob, ErrorResponse, JobList, JobObject, Status, job_object
-from core.jobs import lease
-from core.jobs.artifacts import ArtifactStore, job_prefix
-from core.jobs.db import get_sessionmaker
-from core.jobs.events import add_event
-from core.jobs.models import CANCELLED, CANCELLING, TERMINAL, ApiKey, Job
-from core.jobs.settings import Settings
+from core.service import lease
+from core.service.artifacts import ArtifactStore, job_prefix
+from core.service.db import get_sessionmaker
+from core.service.events import add_event
+from core.service.models import CANCELLED, CANCELLING, TERMINAL, ApiKey, Job
+from core.service.settings import Settings
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

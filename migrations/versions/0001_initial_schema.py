@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-28
 
-Written by hand from an autogenerate candidate. Timestamps are naive UTC (core.jobs.models.UTCDateTime
+Written by hand from an autogenerate candidate. Timestamps are naive UTC (core.service.models.UTCDateTime
 adds the zone on read); migrations never import the models, so later model changes cannot alter them.
 """
 

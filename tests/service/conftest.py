@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from core.jobs.settings import Settings
+from core.service.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -126,7 +126,7 @@ def create_database(admin_url: str) -> str:
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    from core.jobs.db import get_engine
+    from core.service.db import get_engine
 
     get_engine.cache_clear()  # close pooled connections of this process
     name = url.rsplit("/", 1)[1]
@@ -147,7 +147,7 @@ def fresh_postgres(postgres_admin: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_url(postgres_admin: str) -> Iterator[str]:
     """A migrated database shared by the session's tests (each test uses its own rows)."""
-    from core.jobs.migrate import upgrade
+    from core.service.migrate import upgrade
 
     url = create_database(postgres_admin)
     upgrade(url)
@@ -157,7 +157,7 @@ def postgres_url(postgres_admin: str) -> Iterator[str]:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    from core.jobs.migrate import upgrade
+    from core.service.migrate import upgrade
 
     url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     upgrade(url)
@@ -211,8 +211,8 @@ def make_settings(tmp_path: Path, database_url: str, broker_url: str, queue: str
 
 
 def new_key(database_url: str, name: str = "test") -> str:
-    from core.jobs.auth import create_api_key
-    from core.jobs.db import session_scope
+    from core.service.auth import create_api_key
+    from core.service.db import session_scope
 
     with session_scope(database_url) as db:
         return create_api_key(db, name)[1]
@@ -259,7 +259,7 @@ def stack_env(folder: Path, database: str, broker_url: str, queue: str, s3_endpo
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_admin: str, redis_url: str, stack_queue: str,
           s3_endpoint: str) -> Iterator[object]:
     """uvicorn + one Celery worker, PostgreSQL (a fresh database), Redis broker, S3 artifacts (moto)."""
-    from core.jobs.migrate import upgrade
+    from core.service.migrate import upgrade
     from tests.service.stack import Stack
 
     folder = tmp_path_factory.mktemp("stack")

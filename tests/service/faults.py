@@ -30,7 +30,7 @@ def simulate_full_disk(flag: Path) -> None:
     exists, as a full disk would."""
     import errno
 
-    from core.jobs import artifacts
+    from core.service import artifacts
 
     put_file = artifacts.LocalArtifactStore.put_file
 
@@ -44,7 +44,7 @@ def simulate_full_disk(flag: Path) -> None:
 
 def install(point: str, marker: Path) -> None:
     if point == "upload":
-        from core.jobs import artifacts
+        from core.service import artifacts
 
         for cls in (artifacts.S3ArtifactStore, artifacts.LocalArtifactStore):
             put_file = cls.put_file

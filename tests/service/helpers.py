@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from core.jobs.auth import create_api_key
-from core.jobs.db import session_scope
-from core.jobs.ids import new_id
-from core.jobs.models import QUEUED, Job, utcnow
+from core.service.auth import create_api_key
+from core.service.db import session_scope
+from core.service.ids import new_id
+from core.service.models import QUEUED, Job, utcnow
 
 
 def make_job(database_url: str, status: str = QUEUED, created_at: datetime | None = None,

@@ -37,7 +37,7 @@ class Stack:
                                 stderr=subprocess.STDOUT)
 
     def make_key(self, name: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "core.jobs.cli", "apikey", "create", "--name", name],
+        out = subprocess.run([sys.executable, "-m", "core.service.cli", "apikey", "create", "--name", name],
                              cwd=ROOT, env=self.env, check=True, capture_output=True, text=True)
         return out.stdout.strip().splitlines()[-1]  # the key is the last line
 
@@ -143,7 +143,7 @@ class Stack:
 def own_stack(folder: Path, postgres_admin: str, broker_url: str, s3_endpoint: str, worker: bool = True,
               hang_at: str | None = None, **overrides: str) -> Iterator[Stack]:
     """A deployment of its own (database, queue, bucket), for faults the shared stack must not see."""
-    from core.jobs.migrate import upgrade
+    from core.service.migrate import upgrade
     from tests.service.conftest import create_database, drop_database, free_port, stack_env
 
     database = create_database(postgres_admin)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core.jobs.artifacts import LocalArtifactStore
+from core.service.artifacts import LocalArtifactStore
 from tests.service.conftest import Api, free_port
 from tests.service.helpers import files, get_job
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs.archive import make_tarball
-from core.jobs.artifacts import ArtifactNotFound, ArtifactStore, LocalArtifactStore, S3ArtifactStore
+from core.service.archive import make_tarball
+from core.service.artifacts import ArtifactNotFound, ArtifactStore, LocalArtifactStore, S3ArtifactStore
 
 pytestmark = pytest.mark.service  # S3 half
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from core.jobs.auth import create_api_key, generate_key, hash_key, lookup_key
-from core.jobs.db import session_scope
-from core.jobs.models import ApiKey, utcnow
+from core.service.auth import create_api_key, generate_key, hash_key, lookup_key
+from core.service.db import session_scope
+from core.service.models import ApiKey, utcnow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def test_keys_are_random_and_stored_hashed(sqlite_url: str) -> None:
 def test_cli_prints_the_key_as_the_last_line(tmp_path: Path) -> None:
     env = {**os.environ, "MUSCLE_DATA_DIR": str(tmp_path)}
     env.pop("MUSCLE_DATABASE_URL", None)
-    out = subprocess.run([sys.executable, "-m", "core.jobs.cli", "apikey", "create", "--name", "ops"],
+    out = subprocess.run([sys.executable, "-m", "core.service.cli", "apikey", "create", "--name", "ops"],
                          cwd=ROOT, env=env, check=True, capture_output=True, text=True)
     key = out.stdout.strip().splitlines()[-1]
     assert key.startswith("msk_")
@@ -49,13 +49,13 @@ def test_keys_are_listed_and_revoked_from_the_cli_and_a_revoked_key_answers_401(
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from core.jobs.settings import Settings
+    from core.service.settings import Settings
 
     env = {**os.environ, "MUSCLE_DATA_DIR": str(tmp_path)}
     env.pop("MUSCLE_DATABASE_URL", None)
 
     def muscle(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "core.jobs.cli", "apikey", *args], cwd=ROOT, env=env,
+        return subprocess.run([sys.executable, "-m", "core.service.cli", "apikey", *args], cwd=ROOT, env=env,
                               capture_output=True, text=True)
 
     key = muscle("create", "--name", "ops").stdout.strip().splitlines()[-1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs.artifacts import LocalArtifactStore
+from core.service.artifacts import LocalArtifactStore
 from worker.checkpoint_sync import CheckpointSync
 
 

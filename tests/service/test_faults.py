@@ -142,9 +142,9 @@ def big_artifact(stack: Stack, job_id: str, size: int) -> dict[str, Any]:
     import boto3
     from sqlalchemy import update
 
-    from core.jobs.artifacts import job_prefix
-    from core.jobs.db import session_scope
-    from core.jobs.models import Job
+    from core.service.artifacts import job_prefix
+    from core.service.db import session_scope
+    from core.service.models import Job
 
     data = os.urandom(size)
     key = job_prefix(job_id) + "big-model.tar.gz"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import lease
-from core.jobs.db import session_scope
-from core.jobs.models import (
+from core.service import lease
+from core.service.db import session_scope
+from core.service.models import (
     CANCELLED,
     CANCELLING,
     FAILED,
@@ -19,8 +19,8 @@ from core.jobs.models import (
     SUCCEEDED,
     utcnow,
 )
-from core.jobs.reaper import sweep
-from core.jobs.settings import Settings
+from core.service.reaper import sweep
+from core.service.settings import Settings
 from tests.service.helpers import get_job, make_job
 
 pytestmark = pytest.mark.service  # PostgreSQL half

@@ -12,8 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from core.jobs.migrate import downgrade, upgrade
-from core.jobs.models import Base
+from core.service.migrate import downgrade, upgrade
+from core.service.models import Base
 
 pytestmark = pytest.mark.service  # PostgreSQL half
 

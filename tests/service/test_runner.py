@@ -13,11 +13,11 @@ import pytest
 import worker.runner as runner_module
 from core.engine import ProgressEvent
 from core.errors import JobCancelled
-from core.jobs import lease
-from core.jobs.artifacts import LocalArtifactStore
-from core.jobs.db import session_scope
-from core.jobs.models import RUNNING, Job
-from core.jobs.settings import Settings
+from core.service import lease
+from core.service.artifacts import LocalArtifactStore
+from core.service.db import session_scope
+from core.service.models import RUNNING, Job
+from core.service.settings import Settings
 from tests.service.helpers import get_job, make_job
 from worker.runner import JobRunner
 

@@ -31,7 +31,7 @@ class Serve:
         for name in ("MUSCLE_DATABASE_URL", "MUSCLE_BROKER_URL", "MUSCLE_ARTIFACTS", "MUSCLE_WORK_DIR"):
             env.pop(name, None)  # the embedded defaults
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "core.jobs.cli", "serve"], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "core.service.cli", "serve"], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=open(log, "ab"), text=True)
         self.lines: list[str] = []
         assert self.proc.stdout is not None

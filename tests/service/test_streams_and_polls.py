@@ -11,7 +11,7 @@ import httpx
 import pytest
 import uvicorn
 
-from core.jobs.db import MAX_OVERFLOW, POOL_SIZE
+from core.service.db import MAX_OVERFLOW, POOL_SIZE
 from tests.service.conftest import free_port, make_settings, new_key
 from tests.service.helpers import files
 

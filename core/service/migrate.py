@@ -1,6 +1,6 @@
 """Run the Alembic migrations programmatically: `upgrade(database_url)`.
 
-    python -m core.jobs.migrate            # upgrade MUSCLE_DATABASE_URL to head
+    python -m core.service.migrate            # upgrade MUSCLE_DATABASE_URL to head
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     if database_url is None:
-        from core.jobs.settings import get_settings
+        from core.service.settings import get_settings
 
         settings = get_settings()
         settings.ensure_dirs()

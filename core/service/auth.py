@@ -13,8 +13,8 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.jobs.ids import new_id
-from core.jobs.models import ApiKey, utcnow
+from core.service.ids import new_id
+from core.service.models import ApiKey, utcnow
 
 KEY_PREFIX = "msk_"
 

@@ -2,7 +2,7 @@
 
 Every change of ownership is one UPDATE ... WHERE (compare-and-set) whose rowcount says who won, so
 it is safe under concurrent workers on PostgreSQL and SQLite alike. A worker renews its lease by
-heartbeat; a lease that is not renewed expires and the reaper (core.jobs.reaper) hands the job on.
+heartbeat; a lease that is not renewed expires and the reaper (core.service.reaper) hands the job on.
 A duplicate delivery of the task (broker visibility timeout, reaper re-send) finds the lease held or
 the job finished and exits without touching the job.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm import Session
 
-from core.jobs.models import ACTIVE, CANCELLED, CANCELLING, EVALUATING, QUEUED, RUNNING, Job, utcnow
+from core.service.models import ACTIVE, CANCELLED, CANCELLING, EVALUATING, QUEUED, RUNNING, Job, utcnow
 
 # Statuses in which a worker may take the job: queued, or active with a dead (expired) owner.
 CLAIMABLE = (QUEUED, RUNNING, EVALUATING)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from core.jobs.settings import Settings
+from core.service.settings import Settings
 
 CHUNK = 1024 * 1024
 

@@ -26,10 +26,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from core.jobs import lease
-from core.jobs.events import add_event
-from core.jobs.models import ACTIVE, CANCELLED, CANCELLING, FAILED, QUEUED, VALIDATING, Job, utcnow
-from core.jobs.settings import Settings
+from core.service import lease
+from core.service.events import add_event
+from core.service.models import ACTIVE, CANCELLED, CANCELLING, FAILED, QUEUED, VALIDATING, Job, utcnow
+from core.service.settings import Settings
 
 log = logging.getLogger(__name__)
 

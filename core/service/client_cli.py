@@ -1,4 +1,4 @@
-"""`muscle jobs ...`: the job service from the command line, over HTTP (core.jobs.client)."""
+"""`muscle jobs ...`: the job service from the command line, over HTTP (core.service.client)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core.argtypes import key_text, key_value, name_path
-from core.jobs.client import ClientError, JobsClient
+from core.service.client import ClientError, JobsClient
 
 
 def _settings_file(path: str) -> dict[str, Any]:

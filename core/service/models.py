@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Statuses (docs/service.md) are the job contract's; re-exported here for the modules that use them with Job.
-from core.jobs.contract import (  # noqa: F401
+from core.service.contract import (  # noqa: F401
     ACTIVE,
     CANCELLED,
     CANCELLING,

@@ -17,7 +17,7 @@ import time
 import urllib.request
 from typing import Any
 
-from core.jobs.settings import Settings, get_settings
+from core.service.settings import Settings, get_settings
 
 
 def _child_env(settings: Settings, host: str, port: int) -> dict[str, str]:
@@ -65,8 +65,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen[Any], timeout: float = 90.0) 
 
 def _first_key(settings: Settings) -> tuple[str | None, int]:
     """Create a key on the first start only; its plaintext is printed once and never stored."""
-    from core.jobs.auth import count_keys, create_api_key
-    from core.jobs.db import session_scope
+    from core.service.auth import count_keys, create_api_key
+    from core.service.db import session_scope
 
     with session_scope(settings.database_url) as db:
         existing = count_keys(db)
@@ -91,7 +91,7 @@ def _stop(procs: list[subprocess.Popen[Any]], grace: float = 30.0) -> None:
 
 def serve(host: str | None = None, port: int | None = None, with_worker: bool = True,
           with_api: bool = True) -> int:
-    from core.jobs.migrate import upgrade
+    from core.service.migrate import upgrade
 
     settings = get_settings()
     host = host or settings.host

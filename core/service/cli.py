@@ -1,6 +1,6 @@
 """`muscle serve` and `muscle apikey create`, registered on the engine CLI's subparsers.
 
-Also runnable alone: `python -m core.jobs.cli serve` / `python -m core.jobs.cli apikey create --name X`.
+Also runnable alone: `python -m core.service.cli serve` / `python -m core.service.cli apikey create --name X`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 
 def cmd_apikey_create(args: argparse.Namespace) -> int:
-    from core.jobs.auth import create_api_key
-    from core.jobs.db import session_scope
+    from core.service.auth import create_api_key
+    from core.service.db import session_scope
 
     with session_scope(_database()) as db:
         row, key = create_api_key(db, args.name)
@@ -23,8 +23,8 @@ def cmd_apikey_create(args: argparse.Namespace) -> int:
 
 def _database() -> str:
     """The database URL, its schema made first: a fresh embedded install has none yet."""
-    from core.jobs.migrate import upgrade
-    from core.jobs.settings import get_settings
+    from core.service.migrate import upgrade
+    from core.service.settings import get_settings
 
     settings = get_settings()
     settings.ensure_dirs()
@@ -33,8 +33,8 @@ def _database() -> str:
 
 
 def cmd_apikey_list(args: argparse.Namespace) -> int:
-    from core.jobs.auth import list_keys
-    from core.jobs.db import session_scope
+    from core.service.auth import list_keys
+    from core.service.db import session_scope
 
     with session_scope(_database()) as db:
         rows = list_keys(db)
@@ -47,8 +47,8 @@ def cmd_apikey_list(args: argparse.Namespace) -> int:
 
 
 def cmd_apikey_revoke(args: argparse.Namespace) -> int:
-    from core.jobs.auth import revoke_key
-    from core.jobs.db import session_scope
+    from core.service.auth import revoke_key
+    from core.service.db import session_scope
 
     with session_scope(_database()) as db:
         row = revoke_key(db, args.key_id)
@@ -60,7 +60,7 @@ def cmd_apikey_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from core.jobs.serve import serve
+    from core.service.serve import serve
 
     return serve(host=args.host, port=args.port, with_worker=not args.no_worker,
                  with_api=not args.no_api)
@@ -87,7 +87,7 @@ def add_service_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
     r.add_argument("key_id", help="the key's id (key_...), as `muscle apikey list` shows it")
     r.set_defaults(func=cmd_apikey_revoke)
 
-    from core.jobs.client_cli import add_jobs_commands
+    from core.service.client_cli import add_jobs_commands
 
     add_jobs_commands(subparsers)
 

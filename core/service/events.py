@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.jobs.models import JobEvent, utcnow
+from core.service.models import JobEvent, utcnow
 
 # Event types: job.created, job.validated, job.queued, job.started, job.resumed, phase, epoch,
 # metrics (throttled step progress), message (engine log), job.cancel_requested, job.requeued,
