@@ -16,10 +16,10 @@
   and BKI's victims) share one folder, keyed by a hash of their arguments.
 * Every finished cell (ok or failed) is appended to the JSONL (default bench/results/grid.jsonl) with
   its resolved config, versions, metrics, wall time and machine.
-* End-to-end baselines (reference §7): the victim is trained with `muscle train --method vanilla`
-  (ONION, BKI: 10 epochs; STRIP, RAP: 5 epochs with 3 warm-up; CUBE: 1 epoch), then
-  `python -m core.defenses.baselines.run` detects or filters; BKI/CUBE retrain on the kept rows
-  (5 epochs, 3 warm-up).
+* End-to-end baselines (docs/reference-implementation.md §7): the victim is trained with
+  `muscle train --method vanilla` (ONION, BKI: 10 epochs; STRIP, RAP: 5 epochs with 3 warm-up;
+  CUBE: 1 epoch), then `python -m core.defenses.baselines.run` detects or filters; BKI/CUBE retrain
+  on the kept rows (5 epochs, 3 warm-up).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training configuration: one pydantic model, resolved from a named profile plus overrides.
 
-`reference` reproduces the authors' code (reference-implementation.md §2-3, §8). `default` starts as a
+`reference` reproduces the authors' code (docs/reference-implementation.md §2-3, §8). `default` starts as a
 copy and is what the efficacy work tunes. Every field is recorded, fully resolved, in metrics.json.
 """
 
@@ -16,7 +16,7 @@ from core.defenses.registry import defense_names, defenses
 METHODS: tuple[str, ...] = defense_names()
 Method = Literal[METHODS]  # type: ignore[valid-type]
 
-# Which building blocks each method switches on (reference §2.4).
+# Which building blocks each method switches on (reference-implementation.md §2.4).
 METHOD_PARTS: dict[str, dict[str, bool]] = {spec.name: spec.parts for spec in defenses()}
 
 
@@ -114,8 +114,9 @@ class TrainConfig(BaseModel):
     aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
     """Clean auxiliary rows in the reference batch of each step."""
     # ours: an average of g_c over steps is never exactly zero once the aux rows are fitted, and varies less
-    # from step to step than one batch's g_c. On full SST-2 it held Badnets out but slowed learning
-    # (bench/notes/muscle-efficacy-study.md finding 7), so it is off in both profiles.
+    # from step to step than one batch's g_c. It holds clean-label Badnets out on full SST-2 but costs clean
+    # accuracy (MiniLM: about 66% on the selection rows after two epochs, 75-78% without it; the runs are in
+    # bench/notes/muscle-efficacy-study.md), so it is off in both profiles.
     ga_ref_momentum: float = Field(0.0, ge=0, lt=1)
     """Align to a moving average of the clean gradient (this share of the previous average kept each
     step); 0 = the current clean batch's gradient (authors)."""

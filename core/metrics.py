@@ -1,4 +1,7 @@
-"""CACC and ASR as fractions (reference §5). Inputs may be lists, numpy arrays or torch tensors."""
+"""CACC and ASR as fractions (docs/reference-implementation.md §5).
+
+Inputs may be lists, numpy arrays or torch tensors.
+"""
 
 from __future__ import annotations
 

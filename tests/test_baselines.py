@@ -54,7 +54,7 @@ def test_registry() -> None:
         kind("nope")
 
 
-# --- accounting (reference §5) ----------------------------------------------------------------------
+# --- accounting (docs/reference-implementation.md §5) ---------------------------------------------------
 
 def test_flip_and_reject_accounting_by_hand() -> None:
     preds = [1, 1, 0, 0]

@@ -23,7 +23,7 @@ def test_the_built_in_methods_in_their_order() -> None:
 
 
 def test_the_parts_each_method_switches_on() -> None:
-    table = {  # (lora, mslr, ga) as in reference §2.4
+    table = {  # (lora, mslr, ga) as in docs/reference-implementation.md §2.4
         "muscle": (True, True, True), "muscle-no-ga": (True, True, False), "muscle-no-ms": (True, False, True),
         "ga-only": (False, False, True), "lora": (True, False, False), "vanilla": (False, False, False),
         "adapter": (False, False, False), "prefix": (False, False, False)}

@@ -1,8 +1,9 @@
-"""Filtering-based Fourier analysis of what a classifier fits (paper Appendix A, reference §4).
+"""Filtering-based Fourier analysis of what a classifier fits (paper Appendix A,
+docs/reference-implementation.md §4).
 
 The mapping F(e) = y is split into a low- and a high-frequency part by a Gaussian filter over the
 input embeddings: y_low = G·Y with G the row-normalised kernel matrix, y_high = Y - y_low; the same
-for the one-hot targets T. We follow the authors' code by default (reference §4):
+for the one-hot targets T. We follow the authors' code by default (reference-implementation.md §4):
 
 * kernel exp(-D / (2δ)) with D the plain Euclidean distance (the paper writes D², `squared=True`);
 * δ over linspace(2, 8, 25), δ = 4.0 reported;

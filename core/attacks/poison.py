@@ -1,4 +1,4 @@
-"""Simulated poisoning with OpenBackdoor's `Poisoner.poison_part` semantics (reference §6.1).
+"""Simulated poisoning with OpenBackdoor's `Poisoner.poison_part` semantics (docs/reference-implementation.md §6.1).
 
 poison_num = int(rate * |all rows|), drawn from the candidates of the mode:
   clean: rows already labelled target (labels unchanged: a clean-label attack; BadNets in MuScleLoRA),

@@ -1,7 +1,7 @@
 """ASR probe sets: triggered copies of the clean non-target eval rows, or a user's triggered file.
 
-As in OpenBackdoor's `test-poison` (reference §5), only rows whose true label is not the target count:
-a target-label row predicted as target says nothing about the backdoor.
+As in OpenBackdoor's `test-poison` (docs/reference-implementation.md §5), only rows whose true label
+is not the target count: a target-label row predicted as target says nothing about the backdoor.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text triggers with OpenBackdoor's insertion semantics (reference-implementation.md §6.2).
+"""Text triggers with OpenBackdoor's insertion semantics (docs/reference-implementation.md §6.2).
 
 Each trigger takes the text and a `random.Random`, so a seeded generator reproduces the poisoned set.
 All of them split on whitespace and re-join with single spaces, as upstream does.

@@ -1,4 +1,4 @@
-"""Gradient alignment (GA) exactly as the authors' GATrainer does it (reference §3.2-3.3).
+"""Gradient alignment (GA) exactly as the authors' GATrainer does it (docs/reference-implementation.md §3.2-3.3).
 
 Per step, after ``loss.backward()`` filled ``p.grad = g`` and a clean reference minibatch gave
 ``g_c = autograd.grad(ref_loss, params)``:
@@ -92,7 +92,7 @@ def _pairs(params: Sequence[Any], clean_grads: Sequence[torch.Tensor | None]
     for p, gc in zip(params, clean_grads, strict=True):
         g = p.grad
         if g is None or gc is None:
-            missing += 1  # pair by parameter, never by position in a filtered list (reference §10)
+            missing += 1  # pair by parameter, never by position in a filtered list (reference-implementation.md §10)
             continue
         gs.append(g)
         gcs.append(gc if gc.dtype == g.dtype else gc.to(g.dtype))

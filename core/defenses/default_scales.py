@@ -1,6 +1,6 @@
 """Default radial scales S for MSLR: the authors' Table 6 values, plus one rule for other sizes.
 
-Table 6 as the code has it (reference §8; ``TrainConfig.mslr_scales`` overrides all of this):
+Table 6 as the code has it (docs/reference-implementation.md §8; ``TrainConfig.mslr_scales`` overrides all of this):
 
 * BERT-base (768 wide, 12 layers): [1, 4, 8, 12, 16, 20, 24, 28] (the code dropped the paper's 32)
 * RoBERTa-base (768, 12): [1, 2, 4, 6, 8, 10, 12, 14, 16]
@@ -23,8 +23,8 @@ Truncation keeps the authors' own values and is monotone in the width.
 
 Resulting lists: MiniLM-L6 (384 wide, 6 layers; the default ``minilm``) -> [1, 4, 8, 12, 16, 20]
 (rms 12.1 vs 16.7 for BERT-base, ratio 0.72 ~ sqrt(1/2)); under ``reference`` it gets
-[1, 4, ..., 28] (what ../shared/docs/calibration.md measured). DistilBERT-base (768, 6) -> the BERT-base
-list either way.
+[1, 4, ..., 28], the authors' setting (bench/results/fidelity.md has what it gives on MiniLM).
+DistilBERT-base (768, 6) -> the BERT-base list either way.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 BERT_BASE: list[float] = [1, 4, 8, 12, 16, 20, 24, 28]
-BERT_BASE_PAPER: list[float] = [1, 4, 8, 12, 16, 20, 24, 28, 32]  # paper-literal Table 6 (first commit)
+BERT_BASE_PAPER: list[float] = [1, 4, 8, 12, 16, 20, 24, 28, 32]  # paper-literal Table 6 (the code drops 32)
 ROBERTA_BASE: list[float] = [1, 2, 4, 6, 8, 10, 12, 14, 16]
 LARGE: list[float] = [1, 2, 3, 4, 5, 6, 7, 8, 9]
 LLAMA: list[float] = [1, 2, 3, 4]

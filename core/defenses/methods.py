@@ -1,7 +1,7 @@
 """Turn a loaded backbone into the model a method trains, and export the result.
 
 The methods are `core.defenses.registry.DefenseSpec`s, one module per family in `core.defenses.kinds`
-(reference §2.4):
+(docs/reference-implementation.md §2.4):
 
 ==============  ============================================================  ==========
 method          trainable                                                      GA
@@ -17,7 +17,7 @@ prefix          PEFT prefix-tuning virtual key/values                          n
 ==============  ============================================================  ==========
 
 Except for the full fine-tuning methods, the head is frozen at its random initialisation, as in the
-authors' code, unless ``train_head`` is set (reference §2.1). The MSLR base copy W0 is always frozen.
+authors' code, unless ``train_head`` is set (reference-implementation.md §2.1). The MSLR base copy W0 is always frozen.
 The building blocks (LoRA, prefix, adapters, MSLR) are in `core.defenses.parts`.
 
 Random parts (LoRA A, MSLR L and R, adapters, prefix) are drawn from ``config.seed`` without touching

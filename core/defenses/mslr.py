@@ -1,4 +1,5 @@
-"""Multi-scale low-rank linear layer (MSLR), as in the authors' `MultiScaleLowRankLinear` (reference §2.3).
+"""Multi-scale low-rank linear layer (MSLR), as in the authors' `MultiScaleLowRankLinear`
+(docs/reference-implementation.md §2.3).
 
     h = W0 x + b0 + (alpha / IR) * R ((L x) * K)
 

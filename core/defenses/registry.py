@@ -61,7 +61,7 @@ class DefenseSpec:
 
     @property
     def parts(self) -> dict[str, bool]:
-        """The building blocks it switches on (reference §2.4), as ``TrainConfig.parts``."""
+        """The building blocks it switches on (docs/reference-implementation.md §2.4), as ``TrainConfig.parts``."""
         return {"lora": self.lora, "mslr": self.mslr, "ga": self.ga}
 
 

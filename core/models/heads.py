@@ -1,7 +1,7 @@
 """Where the classification head and the "penultimate linear layer" sit in each family.
 
-The authors' code (reference §2.2) puts MSLR on the last hidden->hidden (or hidden->small) linear layer
-before the output projection:
+The authors' code (docs/reference-implementation.md §2.2) puts MSLR on the last hidden->hidden (or
+hidden->small) linear layer before the output projection:
 
 ==========  ========================  =====================================================
 family      penultimate linear        head modules (frozen unless ``train_head``)

@@ -1,8 +1,9 @@
 """The training loop: AdamW + linear schedule, optional gradient alignment, per-epoch selection,
 atomic per-epoch checkpoints and exact resume.
 
-Per step (reference §3.2): forward the training batch (train mode), CE, backward (p.grad = g); with GA,
-one fresh random minibatch of ``aux_batch_size`` clean aux rows (seeded generator), CE, and
+Per step (docs/reference-implementation.md §3.2): forward the training batch (train mode), CE,
+backward (p.grad = g); with GA, one fresh random minibatch of ``aux_batch_size`` clean aux rows
+(seeded generator), CE, and
 ``autograd.grad`` over the trainable parameters (g_c; ``.grad`` untouched), then the gate and the
 alignment (`core.defenses.alignment`); then ``clip_grad_norm_``, ``optimizer.step``,
 ``scheduler.step``, ``zero_grad``.

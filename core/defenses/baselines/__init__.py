@@ -1,4 +1,5 @@
-"""End-to-end backdoor defenses the paper compares against (reference §7), one module each.
+"""End-to-end backdoor defenses the paper compares against, one module each
+(docs/reference-implementation.md §7).
 
 * data filters (run on the training set before training): `bki`, `cube`
   -> `filter_training(model, tokenizer, examples, ...) -> (kept_examples, report)`
@@ -6,7 +7,8 @@
 * input detectors (after training): `strip`, `rap` -> `.fit(clean_dev_texts)`, `.detect(texts) -> flags`
 
 `common.detector_metrics` / `common.corrector_metrics` turn their output into CACC and ASR as
-reference §5 does. `python -m core.defenses.baselines.run` drives them from files (bench/grid.py).
+reference-implementation.md §5 does. `python -m core.defenses.baselines.run` drives them from files
+(bench/grid.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ BASELINES: dict[str, str] = {
     "cube": "filter",
 }
 
-# The victim training the authors' e2e configs use (reference §7): (epochs, warmup share of steps).
+# The victim training the authors' e2e configs use (reference-implementation.md §7): (epochs, warmup share of steps).
 # The filters' final training on the kept rows uses the STRIP/RAP/BKI/CUBE config: 5 epochs, 3 warm-up.
 VICTIM_TRAINING: dict[str, tuple[int, float]] = {
     "onion": (10, 0.0),

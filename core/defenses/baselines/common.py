@@ -1,5 +1,5 @@
 """Helpers shared by the end-to-end baselines: batched prediction, representations, and the CACC/ASR
-accounting of post-training detectors (reference §5)."""
+accounting of post-training detectors (docs/reference-implementation.md §5)."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ def penultimate_features(model: Any, tokenizer: Any, texts: Sequence[str], batch
 
 
 # ---------------------------------------------------------------------------------------------------
-# Accounting for post-training detectors (reference §5)
+# Accounting for post-training detectors (reference-implementation.md §5)
 
 Scheme = Literal["flip", "reject"]
 
@@ -148,7 +148,7 @@ def detector_metrics(clean_preds: Sequence[int], clean_labels: Sequence[int], cl
     """CACC and ASR under both schemes, plus what the detector did on each set.
 
     `poison_*` are the probe rows (true label ≠ target, trigger applied); ASR counts them against the
-    target label, as reference §5.
+    target label, as reference-implementation.md §5 does.
     """
     poison_labels = [target] * len(poison_preds)
     out = {

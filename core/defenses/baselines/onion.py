@@ -2,7 +2,8 @@
 
 Per text (split on whitespace): suspicion f_i = PPL(text) − PPL(text without word i); every word with
 f_i ≥ threshold (0 upstream) is deleted. Applied to every test input before classification
-(MuScleLoRA's copy sets `correction=True`; upstream ONION never corrects). Reference §7.
+(MuScleLoRA's copy sets `correction=True`; upstream ONION never corrects). See
+docs/reference-implementation.md §7.
 
 Where we differ from the authors' copy (docs/analysis.md):
 * the per-sentence cross-entropy is averaged over real tokens only (attention mask), not over the

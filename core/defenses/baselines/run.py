@@ -8,7 +8,7 @@
 
 `detect` writes a metrics.json shaped like `muscle train`'s (`cacc`, `asr` per probe) plus the
 detector's details; `filter` writes the kept training rows (same columns) and a report. bench/grid.py
-chains these with `muscle train` (reference §7's end-to-end runner).
+chains these with `muscle train` (docs/reference-implementation.md §7's end-to-end runner).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 3. Entropy = mean over the copies of the Shannon entropy (log2) of the softmax output.
 4. Threshold = the clean dev entropies sorted, at index int(N·frr). Flag inputs below it.
 
-MuScleLoRA's settings: repeat 5, swap_ratio 0.25, frr 0.01 (reference §7).
+MuScleLoRA's settings: repeat 5, swap_ratio 0.25, frr 0.01 (docs/reference-implementation.md §7).
 
 Where we differ from upstream (docs/analysis.md): upstream lists the copies text-major
 ([t0c0..t0c4, t1c0, ...]) and then averages `reshape(repeat, -1)` over axis 0, which averages the
