@@ -108,6 +108,11 @@ PROBE = {"badnets": "badnets", "badnets-dirty": "badnets", "addsent": "addsent",
          "stylebkd": "stylebkd"}
 
 
+# Files that keep every clean row at every rate (bench/screen_data.build_stylebkd_train): one backdoor-free
+# run is the backdoor-free model of all their rates.
+EVERY_CLEAN_ROW = {"stylebkd"}
+
+
 def latest(path: Path = RESULTS) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     if path.exists():
@@ -135,6 +140,9 @@ def table(records: dict[str, dict[str, Any]], tag: str = "v1") -> str:
         exact = ((job or {}).get("screen") or {})
         if free is None and exact.get("recall") == 1.0 and exact.get("false_removal_rate") == 0.0:
             free, proxy = job, " (exact: the kept rows are the clean rows)"  # same training, same rows
+        if free is None and attack in EVERY_CLEAN_ROW:
+            free = next((r for (a, _, arm), r in sorted(by.items()) if a == attack and arm == "free"), None)
+            proxy = " (the same clean rows)" if free else ""
         if free is None:  # the backdoor-free model of another file of the same size (see the notes)
             free = by.get(("badnets", 0.1, "free"))
             proxy = " (proxy)"
