@@ -1,6 +1,6 @@
 """POST /jobs: stage files, honour Idempotency-Key, validate with the engine, store, queue.
 
-Nothing is queued before the engine's own validation (core.pipeline.validate_inputs) has read every
+Nothing is queued before the engine's own validation (core.stages.validate.validate_inputs) has read every
 file; a bad file is answered 422 naming the file, line and field, and leaves no job behind.
 """
 
@@ -105,7 +105,7 @@ def _user_error(exc: MuscleError, files: list[StagedFile]) -> ApiError:
 
 
 def _validate(inputs: JobInputs, options: JobOptions) -> dict[str, Any]:
-    from core.pipeline import validate_inputs  # reads every file with the engine's own readers
+    from core.stages.validate import validate_inputs  # reads every file with the engine's own readers
 
     result = validate_inputs(inputs, options.train)
     summary = result.summary() if hasattr(result, "summary") else result

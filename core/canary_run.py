@@ -39,7 +39,7 @@ from core.defenses.canary import (
 from core.errors import ConfigError
 from core.interface import CancelCheck, ProgressCallback, ProgressEvent
 
-if TYPE_CHECKING:  # core.pipeline imports this module; avoid the cycle at run time
+if TYPE_CHECKING:  # annotations only: torch loads when a calibration runs
     from torch import nn
 
     from core.prepared import PreparedData

@@ -295,7 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.attacks.triggers import parse_trigger
     from core.data.dataset import load_examples
     from core.data.labels import LabelMap
-    from core.pipeline import evaluate_classifier
+    from core.stages.evaluate import evaluate_classifier
 
     if not (args.model / "config.json").is_file():
         raise MuscleError(f"{args.model} is not a model folder (no config.json)")
