@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -10,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
+from api.gc_tuning import tune_for_serving
 from api.job_request import openapi_components
 from api.limits import UploadLimitMiddleware
 from api.metrics import STATUS_COLLECTOR, MetricsMiddleware
@@ -26,11 +29,18 @@ Statuses: `validating -> queued -> running -> evaluating -> succeeded | failed`,
 `cancelling -> cancelled`. Terminal: `succeeded`, `failed`, `cancelled`."""
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    tune_for_serving()  # after the imports and the app exist, before the first request
+    yield
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = FastAPIOffline(title="MuScleLoRA job service", version="0.1.0", description=DESCRIPTION)
+    app = FastAPIOffline(title="MuScleLoRA job service", version="0.1.0", description=DESCRIPTION,
+                         lifespan=_lifespan)
     app.state.settings = settings
     app.state.store = open_store(settings)
     app.state.dispatcher = Dispatcher(settings)
