@@ -25,14 +25,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT / "bench" / "runs" / "screen-data"
+
+from bench.paraphrase_signals import DATA, read  # noqa: E402
 
 
-def read(path: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+def report(result: dict[str, object], out: Path | None) -> None:
+    """Print one result line and append it to `out` (JSON lines) when given."""
+    line = json.dumps(result)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(line + "\n")
 
 
 def fit_and_score(train: list[dict[str, str]], score_sets: list[list[str]], args: argparse.Namespace
@@ -153,11 +156,7 @@ def full_run(args: argparse.Namespace) -> int:
         result = {"mode": "full", "attack": attack, "rate": args.rate, "truncate": args.truncate,
                   "warmup": args.warmup, "epochs": args.epochs, "lr": args.lr, "cacc": round(100 * cacc, 1),
                   "asr": round(100 * float((probe_p.argmax(1) == 1).mean()), 1), "seconds": round(time.time() - t0)}
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(line + "\n")
+        report(result, args.out)
     return 0
 
 
@@ -219,11 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         clean_all = ~poisoned
         result["clean_score_quantiles_all_labels"] = [round(float(np.quantile(score[clean_all], q)), 3)
                                                       for q in (0.5, 0.9, 0.95, 0.975)]
-        line = json.dumps(result)
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as fh:
-                fh.write(line + "\n")
+        report(result, args.out)
     return 0
 
 
