@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -34,12 +34,19 @@ def close_session(session: Session) -> None:
             session.invalidate()
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    session = get_sessionmaker(request.app.state.settings.database_url)()
+@contextmanager
+def db_session(database_url: str) -> Iterator[Session]:
+    """A session that hands its connection back (or discards a dead one) on the way out."""
+    session = get_sessionmaker(database_url)()
     try:
         yield session
     finally:
         close_session(session)
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    with db_session(request.app.state.settings.database_url) as session:
+        yield session
 
 
 def get_store(request: Request) -> ArtifactStore:

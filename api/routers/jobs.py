@@ -11,7 +11,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from api.deps import CredentialsDep, DbDep, DispatcherDep, KeyDep, SettingsDep, StoreDep, authenticate, close_session
+from api.deps import CredentialsDep, DbDep, DispatcherDep, KeyDep, SettingsDep, StoreDep, authenticate, db_session
 from api.errors import ApiError, not_found
 from api.job_create import Created, create_job, create_job_from_files
 from api.job_request import parse_body
@@ -20,7 +20,6 @@ from api.queue import Dispatcher
 from api.schemas import DeletedJob, ErrorResponse, JobList, JobObject, Status, job_object
 from core.service import lease
 from core.service.artifacts import ArtifactStore, job_prefix
-from core.service.db import get_sessionmaker
 from core.service.events import add_event
 from core.service.models import CANCELLED, CANCELLING, TERMINAL, ApiKey, Job
 from core.service.settings import Settings
@@ -128,12 +127,9 @@ async def get_job(job_id: str, request: Request, creds: CredentialsDep) -> Respo
 
 
 def _job_json(database_url: str, creds: HTTPAuthorizationCredentials | None, job_id: str) -> str:
-    db = get_sessionmaker(database_url)()
-    try:
+    with db_session(database_url) as db:  # the connection goes back before the answer is sent
         key = authenticate(db, creds)
         return job_object(owned_job(db, key, job_id)).model_dump_json()
-    finally:
-        close_session(db)  # the connection goes back before the answer is sent
 
 
 @router.post("/{job_id}/cancel", response_model=JobObject,
