@@ -14,7 +14,7 @@ Plain data: no web, queue or database imports.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,8 +70,7 @@ class JobSpec:
     explicit_keys: list[str] = field(default_factory=list)  # settings the client chose (family presets skip them)
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": self.files, "probes": self.probes, "text_column": self.text_column,
-                "label_column": self.label_column, "explicit_keys": self.explicit_keys}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
