@@ -8,6 +8,7 @@ crash does not lose the message; the database lease, not the broker, decides who
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -50,6 +51,19 @@ def dispatch(job_id: str, countdown: float | None = None) -> None:
 def _logging(**_: Any) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+
+
+@signals.worker_init.connect
+def _lower_priority(**_: Any) -> None:
+    """Training takes every core it is given; at a lower CPU priority it still does when the host is
+    otherwise idle, but an API (or database) on the same host answers first."""
+    raise_niceness(settings.worker_nice)
+
+
+def raise_niceness(target: int) -> int:
+    """Raise this process's niceness to `target` (never lower it: that needs privileges)."""
+    current = os.nice(0)
+    return os.nice(target - current) if target > current else current
 
 
 @signals.worker_ready.connect

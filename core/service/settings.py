@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     queue: str = "muscle"
     worker_metrics_port: int = Field(0, ge=0, description="port of the worker's Prometheus exporter; 0 = off")
     worker_metrics_host: str = Field("127.0.0.1", description="address the worker's exporter binds")
+    worker_nice: int = Field(10, ge=0, le=19, description="CPU niceness the worker raises itself to, so "
+                             "a training sharing a host with the API does not slow its answers; 0 = unchanged")
     lease_seconds: float = Field(60.0, gt=0, description="a worker's claim on a job; renewed by heartbeat")
     heartbeat_seconds: float | None = Field(None, gt=0, description="default lease_seconds / 4")
     cancel_poll_seconds: float = Field(1.0, ge=0, description="how stale the cancel flag may be")
