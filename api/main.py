@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
+from api.event_hub import EventHub
 from api.gc_tuning import tune_for_serving
 from api.job_request import openapi_components
 from api.limits import UploadLimitMiddleware
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = open_store(settings)
     app.state.dispatcher = Dispatcher(settings)
+    app.state.event_hub = EventHub(settings.database_url, settings.sse_poll_seconds)
     STATUS_COLLECTOR.database_url = settings.database_url
     install_error_handlers(app)
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)

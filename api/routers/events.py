@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from api.deps import DbDep, KeyDep
+from api.event_hub import EventHub, Mark
 from api.routers.jobs import ERRORS, owned_job
 from api.schemas import EventList, event_object
 from core.service.db import get_sessionmaker
@@ -46,6 +46,7 @@ async def list_events(
     await run_in_threadpool(owned_job, db, key, job_id)
     await run_in_threadpool(db.close)  # a stream lives long: it must not hold a pooled connection meanwhile
     factory = get_sessionmaker(request.app.state.settings.database_url)
+    hub: EventHub = request.app.state.event_hub
     if not stream:
         rows, has_more, _ = await run_in_threadpool(_page, factory, job_id, after, limit)
         data = [event_object(e) for e in rows]
@@ -53,28 +54,34 @@ async def list_events(
                          last_id=data[-1].id if data else None)
     start = max(after, last_event_id or 0)
     poll = request.app.state.settings.sse_poll_seconds
-    return StreamingResponse(_sse(request, factory, job_id, start, poll), media_type="text/event-stream",
+    return StreamingResponse(_sse(request, factory, hub, job_id, start, poll), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(request: Request, factory, job_id: str, cursor: int, poll: float) -> AsyncIterator[str]:
+async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: int, poll: float
+               ) -> AsyncIterator[str]:
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
-    while True:
-        rows, has_more, status = await run_in_threadpool(_page, factory, job_id, cursor, 500)
-        for event in rows:
-            cursor = event.id
-            payload = event_object(event).model_dump_json()
-            yield f"id: {event.id}\nevent: job.event\ndata: {payload}\n\n"
-            last_sent = time.monotonic()
-        if not rows and (status in TERMINAL or status == "deleted"):
-            yield "event: done\ndata: [DONE]\n\n"
-            return
-        if has_more:
-            continue
-        if await request.is_disconnected():
-            return
-        if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
-            yield ": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await asyncio.sleep(poll)
+    seen: Mark | None = None
+    async with hub.watch(job_id):
+        while True:
+            rows, has_more, status = await run_in_threadpool(_page, factory, job_id, cursor, 500)
+            for event in rows:
+                cursor = event.id
+                payload = event_object(event).model_dump_json()
+                yield f"id: {event.id}\nevent: job.event\ndata: {payload}\n\n"
+                last_sent = time.monotonic()
+            if not rows and (status in TERMINAL or status == "deleted"):
+                yield "event: done\ndata: [DONE]\n\n"
+                return
+            if has_more:
+                continue
+            # No database read until the hub sees the job move; meanwhile notice a gone client and
+            # keep the connection alive.
+            while (mark := await hub.wait(job_id, seen, poll)) is None:
+                if await request.is_disconnected():
+                    return
+                if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                    yield ": keep-alive\n\n"
+                    last_sent = time.monotonic()
+            seen = mark

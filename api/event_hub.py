@@ -1,0 +1,97 @@
+"""One database check for every open event stream of this API process.
+
+Each stream used to ask the database for new events every `sse_poll_seconds`, so N open streams cost N
+queries an interval. The hub asks once an interval for the newest event id and the status of every job
+some stream watches, and wakes only the streams whose job moved; a stream reads its new rows only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import func, select
+
+from core.service.db import get_sessionmaker
+from core.service.models import Job, JobEvent
+
+Mark = tuple[int, str]  # (newest event id, job status); status "deleted" once the job row is gone
+
+
+def read_marks(database_url: str, job_ids: list[str]) -> dict[str, Mark]:
+    """Newest event id and status of each job, in one round trip."""
+    with get_sessionmaker(database_url)() as db:
+        newest = (select(func.max(JobEvent.id)).where(JobEvent.job_id == Job.id)
+                  .correlate(Job).scalar_subquery())
+        rows = db.execute(select(Job.id, Job.status, newest).where(Job.id.in_(job_ids))).all()
+    marks = {job_id: (last or 0, status) for job_id, status, last in rows}
+    return {job_id: marks.get(job_id, (0, "deleted")) for job_id in job_ids}
+
+
+class _LoopHub:
+    """The hub's state on one event loop (asyncio primitives belong to the loop that made them)."""
+
+    def __init__(self) -> None:
+        self.watchers: dict[str, int] = {}
+        self.marks: dict[str, Mark] = {}
+        self.changed = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+
+class EventHub:
+    def __init__(self, database_url: str, interval: float) -> None:
+        self.database_url = database_url
+        self.interval = interval
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopHub] = weakref.WeakKeyDictionary()
+
+    def _hub(self) -> _LoopHub:
+        loop = asyncio.get_running_loop()
+        if loop not in self._loops:
+            self._loops[loop] = _LoopHub()
+        return self._loops[loop]
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: str) -> AsyncIterator[None]:
+        hub = self._hub()
+        hub.watchers[job_id] = hub.watchers.get(job_id, 0) + 1
+        if hub.task is None or hub.task.done():
+            hub.task = asyncio.create_task(self._run(hub))
+        try:
+            yield
+        finally:
+            hub.watchers[job_id] -= 1
+            if not hub.watchers[job_id]:
+                del hub.watchers[job_id]
+                hub.marks.pop(job_id, None)
+
+    async def wait(self, job_id: str, seen: Mark | None, timeout: float) -> Mark | None:
+        """The job's mark once it differs from `seen` (the mark the caller last acted on), or None when
+        `timeout` passes first. Returning only on a new mark keeps a stream from re-reading its rows
+        between two checks of the hub."""
+        hub = self._hub()
+
+        def moved() -> bool:
+            mark = hub.marks.get(job_id)
+            return mark is not None and mark != seen
+
+        async with hub.changed:
+            try:
+                await asyncio.wait_for(hub.changed.wait_for(moved), timeout)
+            except asyncio.TimeoutError:
+                return None
+            return hub.marks[job_id]
+
+    async def _run(self, hub: _LoopHub) -> None:
+        while hub.watchers:
+            job_ids = list(hub.watchers)
+            with contextlib.suppress(Exception):  # a database outage: streams keep waiting, retried next tick
+                marks = await run_in_threadpool(read_marks, self.database_url, job_ids)
+                fresh = {j: m for j, m in marks.items() if j in hub.watchers and hub.marks.get(j) != m}
+                if fresh:
+                    async with hub.changed:
+                        hub.marks.update(fresh)
+                        hub.changed.notify_all()
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,61 @@
+"""The event hub: every open stream of a job is served by one database check an interval."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import api.event_hub as event_hub
+from api.event_hub import EventHub
+from core.service.db import session_scope
+from core.service.events import add_event
+from tests.service.helpers import make_job
+
+
+def test_many_watchers_share_one_check_and_wake_on_a_new_event(db_url: str, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    job_id = make_job(db_url)
+    checks: list[list[str]] = []
+    real = event_hub.read_marks
+
+    def counted(url: str, job_ids: list[str]):
+        checks.append(job_ids)
+        return real(url, job_ids)
+
+    monkeypatch.setattr(event_hub, "read_marks", counted)
+    hub = EventHub(db_url, interval=0.05)
+
+    async def watcher() -> list[tuple[int, str] | None]:
+        async with hub.watch(job_id):
+            first = await hub.wait(job_id, None, timeout=5)  # the job's current mark
+            again = await hub.wait(job_id, first, timeout=0.3)  # nothing moved: times out
+            moved = await hub.wait(job_id, first, timeout=5)  # the event added below
+            return [first, again, moved]
+
+    async def scenario() -> list[list[tuple[int, str] | None]]:
+        tasks = [asyncio.create_task(watcher()) for _ in range(40)]
+        await asyncio.sleep(0.6)
+        with session_scope(db_url) as db:
+            add_event(db, job_id, "message", "hello")
+        results = await asyncio.gather(*tasks)
+        await asyncio.sleep(0.2)  # the hub's loop ends once no stream watches
+        return results
+
+    results = asyncio.run(scenario())
+    with session_scope(db_url) as db:
+        from sqlalchemy import func, select
+
+        from core.service.models import JobEvent
+
+        newest = db.scalar(select(func.max(JobEvent.id)).where(JobEvent.job_id == job_id))
+    for first, again, moved in results:
+        assert first is not None and again is None
+        assert moved == (newest, first[1]) and moved[0] > first[0]
+    # 40 streams over about 0.7 s at a 0.05 s interval: one check a tick for all of them, not one each
+    assert all(ids == [job_id] for ids in checks)
+    assert 3 <= len(checks) <= 30, len(checks)
+
+
+def test_a_deleted_job_reads_as_deleted(sqlite_url: str) -> None:
+    assert event_hub.read_marks(sqlite_url, ["job_missing"]) == {"job_missing": (0, "deleted")}
