@@ -74,8 +74,8 @@ async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: in
             if not rows and (status in TERMINAL or status == "deleted"):
                 yield "event: done\ndata: [DONE]\n\n"
                 return
-            if has_more:
-                continue
+            if has_more or status in TERMINAL or status == "deleted":
+                continue  # read on without waiting: the hub's mark will not move again for a finished job
             # No database read until the hub sees the job move; meanwhile notice a gone client and
             # keep the connection alive.
             while (mark := await hub.wait(job_id, seen, poll)) is None:
