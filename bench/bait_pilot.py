@@ -80,7 +80,7 @@ def fit_and_score(train: list[dict[str, str]], score_sets: list[list[str]], args
 
 def dynamics_run(args: argparse.Namespace) -> int:
     """In-sample confidence in the given label after each epoch (SEEP's seeding signal), and the pooled
-    representation after the last one (for propagation), saved to bench/runs/pilot/dyn-ATTACK.npz."""
+    representation after the last one (for propagation), saved to bench/runs/pilot/dyn-ATTACK-RATE.npz."""
     import torch
     from sklearn.metrics import roc_auc_score
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -130,8 +130,8 @@ def dynamics_run(args: argparse.Namespace) -> int:
                               "seconds": round(time.time() - t0)}), flush=True)
         poisoned = np.array([r["poisoned"] == "1" for r in rows])
         conf_arr = np.array(conf)
-        np.savez(ROOT / "bench" / "runs" / "pilot" / f"dyn-{attack}.npz", conf=conf_arr, feats=feats, given=given,
-                 poisoned=poisoned, aux_feats=feats[n:n + na] if feats is not None else None,
+        np.savez(ROOT / "bench" / "runs" / "pilot" / f"dyn-{attack}-{args.rate}.npz", conf=conf_arr, feats=feats,
+                 given=given, poisoned=poisoned, aux_feats=feats[n:n + na] if feats is not None else None,
                  aux_labels=np.array([int(r["label"]) for r in aux]))
         target = given == 1
         for e in range(1, args.epochs + 1):

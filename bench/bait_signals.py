@@ -8,7 +8,7 @@ positive-unlabelled logistic regression (seeds against the other target rows, cr
 standardised features, grown for a few rounds by adding the rows it scores above 0. Reading:
 bench/notes/screen-study.md section 5.
 
-    .venv/bin/python bench/bait_signals.py bench/runs/pilot/dyn-hiddenkiller.npz /tmp/scr-hk/screen.json
+    .venv/bin/python bench/bait_signals.py bench/runs/pilot/dyn-hiddenkiller-0.1.npz /tmp/scr-hk/screen.json
 """
 
 from __future__ import annotations
