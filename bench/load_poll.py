@@ -161,14 +161,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         pollers = [raw_poller(args.url, args.key, path, until, args.interval, lat, errors, d) if args.client == "raw"
                    else poller(client, path, until, args.interval, lat, errors, d) for d in delays]
         await asyncio.gather(*streams, *pollers)
-    server = server_view(before, server_histogram(args.url, "/jobs/{job_id}"))
-    ms = sorted(1000 * x for x in lat)
+    server = server_view(before, server_histogram(args.url, "/jobs/{job_id}")) if args.pollers else {}
+    ms = sorted(1000 * x for x in lat) or [float("nan")]
 
     def q(p: float) -> float:
         return round(ms[min(len(ms) - 1, int(p * len(ms)))], 1)
 
     return {"label": args.label, "pollers": args.pollers, "interval_s": args.interval, "seconds": args.seconds,
-            "requests": len(ms), "errors": len(errors), "error_kinds": sorted(set(errors)),
+            "requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors)),
             "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": round(ms[-1], 1),
             "mean_ms": round(statistics.fmean(ms), 1),
             **({"streams": args.streams, "streams_opened": len(opened), "streams_broken": broken}
@@ -190,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stagger", action="store_true", help="spread the pollers' first requests over one interval "
                    "(default: all start together and stay in step)")
     p.add_argument("--label", default="")
+    p.add_argument("--no-record", action="store_true", help=f"print only, do not append to {RESULTS.name}")
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
     print(json.dumps(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as fh:
-        fh.write(json.dumps(result) + "\n")
+    if not args.no_record:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS, "a") as fh:
+            fh.write(json.dumps(result) + "\n")
     return 0
 
 
