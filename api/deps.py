@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.queue import Dispatcher
 from core.service.artifacts import ArtifactStore
 from core.service.auth import lookup_key
-from core.service.db import get_sessionmaker
+from core.service.db import get_read_sessionmaker, get_sessionmaker
 from core.service.models import ApiKey
 from core.service.settings import Settings
 
@@ -38,6 +38,16 @@ def close_session(session: Session) -> None:
 def db_session(database_url: str) -> Iterator[Session]:
     """A session that hands its connection back (or discards a dead one) on the way out."""
     session = get_sessionmaker(database_url)()
+    try:
+        yield session
+    finally:
+        close_session(session)
+
+
+@contextmanager
+def read_session(database_url: str) -> Iterator[Session]:
+    """An autocommit session for a request that only reads (one statement, no transaction)."""
+    session = get_read_sessionmaker(database_url)()
     try:
         yield session
     finally:
@@ -70,16 +80,27 @@ def current_key(db: DbDep, creds: CredentialsDep) -> ApiKey:
     return authenticate(db, creds)
 
 
-def authenticate(db: Session, creds: HTTPAuthorizationCredentials | None) -> ApiKey:
-    """The caller's active key, or 401."""
-    unauthorized = {"WWW-Authenticate": "Bearer"}
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def presented_key(creds: HTTPAuthorizationCredentials | None) -> str:
+    """The bearer key the request carries, or 401."""
     if creds is None or creds.scheme.lower() != "bearer":
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'",
-                       headers=unauthorized)
-    key = lookup_key(db, creds.credentials)
+                       headers=UNAUTHORIZED)
+    return creds.credentials
+
+
+def invalid_key() -> ApiError:
+    return ApiError(401, "unauthorized", "invalid API key", headers=UNAUTHORIZED)
+
+
+def authenticate(db: Session, creds: HTTPAuthorizationCredentials | None) -> ApiKey:
+    """The caller's active key, or 401."""
+    key = lookup_key(db, presented_key(creds))
     db.commit()  # hand the connection back now: a request may wait for a thread long after its key check
     if key is None:
-        raise ApiError(401, "unauthorized", "invalid API key", headers=unauthorized)
+        raise invalid_key()
     return key
 
 

@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, TypeVar
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 
-from core.service.db import get_sessionmaker
+from core.service.db import get_read_sessionmaker, read_once_more
 from core.service.models import Job, JobEvent
 
+T = TypeVar("T")
 Mark = tuple[int, str]  # (newest event id, job status); status "deleted" once the job row is gone
 
 
 def read_marks(database_url: str, job_ids: list[str]) -> dict[str, Mark]:
     """Newest event id and status of each job, in one round trip."""
-    with get_sessionmaker(database_url)() as db:
-        newest = (select(func.max(JobEvent.id)).where(JobEvent.job_id == Job.id)
-                  .correlate(Job).scalar_subquery())
-        rows = db.execute(select(Job.id, Job.status, newest).where(Job.id.in_(job_ids))).all()
+    def read() -> list[Any]:
+        with get_read_sessionmaker(database_url)() as db:
+            newest = (select(func.max(JobEvent.id)).where(JobEvent.job_id == Job.id)
+                      .correlate(Job).scalar_subquery())
+            return list(db.execute(select(Job.id, Job.status, newest).where(Job.id.in_(job_ids))).all())
+
+    rows = read_once_more(read)
     marks = {job_id: (last or 0, status) for job_id, status, last in rows}
     return {job_id: marks.get(job_id, (0, "deleted")) for job_id in job_ids}
 
@@ -39,6 +44,7 @@ class _LoopHub:
         self.marks: dict[str, Mark] = {}
         self.changed = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
+        self.reads: dict[Hashable, asyncio.Future[Any]] = {}
 
 
 class EventHub:
@@ -83,6 +89,19 @@ class EventHub:
             except asyncio.TimeoutError:
                 return None
             return hub.marks[job_id]
+
+    async def shared(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, run once for every caller that asks with the same key while it is in flight. Streams
+        of one job wake together when it moves and want the same page: one read serves them all instead
+        of a burst of identical reads queued ahead of other requests. A key must name everything the
+        answer depends on (job, cursor, the mark that woke the caller)."""
+        hub = self._hub()
+        future = hub.reads.get(key)
+        if future is None:
+            future = asyncio.ensure_future(read())
+            hub.reads[key] = future
+            future.add_done_callback(lambda _done: hub.reads.pop(key, None))
+        return await asyncio.shield(future)
 
     async def _run(self, hub: _LoopHub) -> None:
         while hub.watchers:

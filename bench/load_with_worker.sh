@@ -21,7 +21,7 @@ URL=http://127.0.0.1:8765
 $MUSCLE serve > "$WORK/serve.log" 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null; wait $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 120); do curl -sf $URL/health >/dev/null 2>&1 && break; sleep 1; done
+for _ in $(seq 120); do curl -sf $URL/healthz >/dev/null 2>&1 && break; sleep 1; done
 KEY=$($MUSCLE apikey create --name load | tail -n1)
 export MUSCLE_URL=$URL MUSCLE_API_KEY=$KEY
 DATA=bench/runs/screen-data
@@ -32,18 +32,25 @@ for _ in $(seq 600); do
   curl -sf -H "Authorization: Bearer $KEY" $URL/jobs/"$JOB" | grep -q '"step": *[1-9]' && break; sleep 2
 done
 echo "training; measuring"
+sessions() { [ "$DB" = pg ] && psql -h 127.0.0.1 -U postgres -tAc "SELECT sessions FROM pg_stat_database WHERE datname = 'muscle_load'" || echo -; }
+BEFORE=$(sessions)
 API_PID=$(pgrep -f "uvicorn api.main:app.*8765" | head -1)
 if [ "${PYSPY:-0}" = 1 ]; then
-  .venv/bin/py-spy record -p "$API_PID" -d 60 -r 50 -f raw -o "$WORK/api.pyspy.txt" > /dev/null 2>&1 &
+  .venv/bin/py-spy record -p "$API_PID" -d 60 -r 25 --nonblocking --gil -f raw -o "$WORK/api.pyspy.txt" > /dev/null 2>&1 &
 fi
-if [ "${STREAMS_APART:-1}" = 1 ]; then
-  $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 0 --streams 50 --seconds 62 \
+STREAMS=${STREAMS:-50}
+if [ "$STREAMS" = 0 ]; then
+  $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
+      --client raw --stagger --label "$LABEL"
+elif [ "${STREAMS_APART:-1}" = 1 ]; then
+  $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 0 --streams $STREAMS --seconds 62 \
       --label "$LABEL streams" --no-record > "$WORK/streams.json" 2>&1 &
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --label "$LABEL"
   wait %2 2>/dev/null || true; cat "$WORK/streams.json"
 else
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
-      --client raw --stagger --streams 50 --label "$LABEL"
+      --client raw --stagger --streams $STREAMS --label "$LABEL"
 fi
+echo "database sessions opened during the measurement: $(( $(sessions) - BEFORE ))" 2>/dev/null || true
 uptime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -15,7 +16,7 @@ from api.deps import DbDep, KeyDep
 from api.event_hub import EventHub, Mark
 from api.routers.jobs import ERRORS, owned_job
 from api.schemas import EventList, event_object
-from core.service.db import get_sessionmaker
+from core.service.db import get_read_sessionmaker, read_once_more
 from core.service.models import TERMINAL, Job, JobEvent
 
 router = APIRouter(prefix="/jobs", tags=["events"])
@@ -23,11 +24,14 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def _page(session_factory, job_id: str, after: int, limit: int) -> tuple[list[JobEvent], bool, str]:
-    with session_factory() as db:
-        rows = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
-                          .order_by(JobEvent.id).limit(limit + 1)).all()
-        status = db.scalar(select(Job.status).where(Job.id == job_id)) or "deleted"
-        return list(rows[:limit]), len(rows) > limit, status
+    def read() -> tuple[list[JobEvent], bool, str]:
+        with session_factory() as db:  # autocommit: two statements, no transaction round trips
+            rows = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                              .order_by(JobEvent.id).limit(limit + 1)).all()
+            status = db.scalar(select(Job.status).where(Job.id == job_id)) or "deleted"
+            return list(rows[:limit]), len(rows) > limit, status
+
+    return read_once_more(read)
 
 
 @router.get("/{job_id}/events", response_model=EventList,
@@ -45,7 +49,7 @@ async def list_events(
     `data: [DONE]` once the job is terminal and every event was sent."""
     await run_in_threadpool(owned_job, db, key, job_id)
     await run_in_threadpool(db.close)  # a stream lives long: it must not hold a pooled connection meanwhile
-    factory = get_sessionmaker(request.app.state.settings.database_url)
+    factory = get_read_sessionmaker(request.app.state.settings.database_url)
     hub: EventHub = request.app.state.event_hub
     if not stream:
         rows, has_more, _ = await run_in_threadpool(_page, factory, job_id, after, limit)
@@ -58,20 +62,28 @@ async def list_events(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def _encoded(rows: list[JobEvent]) -> str:
+    return "".join(f"id: {e.id}\nevent: job.event\ndata: {event_object(e).model_dump_json()}\n\n" for e in rows)
+
+
 async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: int, poll: float
                ) -> AsyncIterator[str]:
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     seen: Mark | None = None
+
+    async def page(after: int) -> tuple[str, int, bool, str]:
+        rows, has_more, status = await run_in_threadpool(_page, factory, job_id, after, 500)
+        return _encoded(rows), rows[-1].id if rows else after, has_more, status
+
     async with hub.watch(job_id):
         while True:
-            rows, has_more, status = await run_in_threadpool(_page, factory, job_id, cursor, 500)
-            for event in rows:
-                cursor = event.id
-                payload = event_object(event).model_dump_json()
-                yield f"id: {event.id}\nevent: job.event\ndata: {payload}\n\n"
+            # streams of this job woken by the same mark at the same cursor share one read
+            text, cursor, has_more, status = await hub.shared((job_id, cursor, seen), partial(page, cursor))
+            if text:
+                yield text
                 last_sent = time.monotonic()
-            if not rows and (status in TERMINAL or status == "deleted"):
+            elif status in TERMINAL or status == "deleted":
                 yield "event: done\ndata: [DONE]\n\n"
                 return
             if has_more or status in TERMINAL or status == "deleted":

@@ -36,11 +36,18 @@ def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
     return row, key
 
 
-def lookup_key(session: Session, key: str) -> ApiKey | None:
-    """The active key row for a presented key, or None."""
+def key_digest(key: str) -> str | None:
+    """The stored form of a presented key, or None when it cannot be one of ours."""
     if not key.startswith(KEY_PREFIX) or len(key) > 200:
         return None
-    digest = hash_key(key)
+    return hash_key(key)
+
+
+def lookup_key(session: Session, key: str) -> ApiKey | None:
+    """The active key row for a presented key, or None."""
+    digest = key_digest(key)
+    if digest is None:
+        return None
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
     # The index lookup already matched; compare again in constant time for good measure.
     if row is None or not hmac.compare_digest(row.key_hash, digest):

@@ -126,9 +126,10 @@ def create_database(admin_url: str) -> str:
 
 
 def drop_database(admin_url: str, url: str) -> None:
-    from core.service.db import get_engine
+    from core.service.db import get_engine, get_read_engine
 
     get_engine.cache_clear()  # close pooled connections of this process
+    get_read_engine.cache_clear()
     name = url.rsplit("/", 1)[1]
     engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:

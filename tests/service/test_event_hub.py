@@ -59,3 +59,30 @@ def test_many_watchers_share_one_check_and_wake_on_a_new_event(db_url: str, monk
 
 def test_a_deleted_job_reads_as_deleted(sqlite_url: str) -> None:
     assert event_hub.read_marks(sqlite_url, ["job_missing"]) == {"job_missing": (0, "deleted")}
+
+
+def test_streams_woken_together_share_one_read(sqlite_url: str) -> None:
+    hub = EventHub(sqlite_url, interval=0.05)
+    reads: list[object] = []
+
+    async def read() -> list[int]:
+        reads.append(1)
+        await asyncio.sleep(0.05)  # in flight while the other streams ask
+        return [len(reads)]
+
+    async def failing() -> list[int]:
+        reads.append(1)
+        await asyncio.sleep(0.05)
+        raise RuntimeError("database gone")
+
+    async def scenario() -> tuple[list[list[int]], list[int], list[BaseException | list[int]]]:
+        together = await asyncio.gather(*(hub.shared(("job", 0, None), read) for _ in range(30)))
+        later = await hub.shared(("job", 0, None), read)  # the first read is done: a new one
+        other = await asyncio.gather(hub.shared(("job", 5, None), failing),
+                                     hub.shared(("job", 5, None), failing), return_exceptions=True)
+        return together, later, other
+
+    together, later, other = asyncio.run(scenario())
+    assert together == [[1]] * 30 and later == [2]
+    assert len(reads) == 3  # 30 streams, one read; one later read; one failing read for two streams
+    assert [str(e) for e in other] == ["database gone"] * 2
