@@ -96,10 +96,17 @@ def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, d
             assert "analysis/frequency.json" in tar.getnames()
     assert report["cacc"] == metrics["cacc"] and report["asr"] == metrics["asr"]
 
-    # The worker's own exporter: step time, throughput, queue wait, nothing left running.
-    scraped = httpx.get(f"http://127.0.0.1:{stack.env['MUSCLE_WORKER_METRICS_PORT']}/metrics").text
-    values = {line.split()[0]: float(line.split()[1]) for line in scraped.splitlines()
-              if line and not line.startswith("#")}
+    # The worker's own exporter: step time, throughput, queue wait, nothing left running. The job reads
+    # `succeeded` as soon as the worker commits it, a moment before the task returns and the worker counts
+    # it as ended, so the gauge is read until it settles.
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{stack.env['MUSCLE_WORKER_METRICS_PORT']}/metrics").text
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    deadline = time.monotonic() + 30
+    while (values := scrape())["muscle_worker_jobs_running"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert values["muscle_worker_step_seconds_count"] >= job["progress"]["total_steps"] - 1
     assert values["muscle_worker_samples_per_second"] > 0 and values["muscle_worker_jobs_running"] == 0
     assert values["muscle_worker_queue_wait_seconds_count"] >= 1
