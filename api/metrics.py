@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -17,6 +17,8 @@ from core.service.models import STATUSES, Job
 REGISTRY = CollectorRegistry(auto_describe=True)
 JOBS_CREATED = Counter("muscle_jobs_created", "Jobs accepted by POST /jobs", registry=REGISTRY)
 REQUESTS = Counter("muscle_http_requests", "HTTP requests", ["method", "route", "status"], registry=REGISTRY)
+EVENT_STREAMS = Gauge("muscle_event_streams_open", "Server-sent event streams this API process holds open",
+                      registry=REGISTRY)
 LATENCY = Histogram("muscle_http_request_seconds", "HTTP request latency", ["method", "route"],
                     registry=REGISTRY)
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from api.deps import DbDep, KeyDep
 from api.event_hub import EventHub, Mark
+from api.metrics import EVENT_STREAMS
 from api.routers.jobs import ERRORS, owned_job
 from api.schemas import EventList, event_object
 from core.service.db import get_read_sessionmaker, read_once_more
@@ -57,8 +58,7 @@ async def list_events(
         return EventList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
     start = max(after, last_event_id or 0)
-    poll = request.app.state.settings.sse_poll_seconds
-    return StreamingResponse(_sse(request, factory, hub, job_id, start, poll), media_type="text/event-stream",
+    return StreamingResponse(_sse(factory, hub, job_id, start), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -66,8 +66,7 @@ def _encoded(rows: list[JobEvent]) -> str:
     return "".join(f"id: {e.id}\nevent: job.event\ndata: {event_object(e).model_dump_json()}\n\n" for e in rows)
 
 
-async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: int, poll: float
-               ) -> AsyncIterator[str]:
+async def _sse(factory, hub: EventHub, job_id: str, cursor: int) -> AsyncIterator[str]:
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     seen: Mark | None = None
@@ -76,24 +75,30 @@ async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: in
         rows, has_more, status = await run_in_threadpool(_page, factory, job_id, after, 500)
         return _encoded(rows), rows[-1].id if rows else after, has_more, status
 
-    async with hub.watch(job_id):
-        while True:
-            # streams of this job woken by the same mark at the same cursor share one read
-            text, cursor, has_more, status = await hub.shared((job_id, cursor, seen), partial(page, cursor))
-            if text:
-                yield text
-                last_sent = time.monotonic()
-            elif status in TERMINAL or status == "deleted":
-                yield "event: done\ndata: [DONE]\n\n"
-                return
-            if has_more or status in TERMINAL or status == "deleted":
-                continue  # read on without waiting: the hub's mark will not move again for a finished job
-            # No database read until the hub sees the job move; meanwhile notice a gone client and
-            # keep the connection alive.
-            while (mark := await hub.wait(job_id, seen, poll)) is None:
-                if await request.is_disconnected():
+    EVENT_STREAMS.inc()
+    try:
+        async with hub.watch(job_id):
+            while True:
+                # streams of this job woken by the same mark at the same cursor share one read
+                text, cursor, has_more, status = await hub.shared((job_id, cursor, seen), partial(page, cursor))
+                if text:
+                    yield text
+                    last_sent = time.monotonic()
+                elif status in TERMINAL or status == "deleted":
+                    yield "event: done\ndata: [DONE]\n\n"
                     return
-                if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                if has_more or status in TERMINAL or status == "deleted":
+                    continue  # read on without waiting: the hub's mark will not move again for a finished job
+                # No database read until the hub sees the job move, and no wake-up before it or the next
+                # keep-alive is due. A client that goes away cancels this generator (the response listens
+                # for the disconnect beside it), so there is nothing to check meanwhile.
+                while (mark := await hub.wait(job_id, seen, _until_keepalive(last_sent))) is None:
                     yield ": keep-alive\n\n"
                     last_sent = time.monotonic()
-            seen = mark
+                seen = mark
+    finally:
+        EVENT_STREAMS.dec()
+
+
+def _until_keepalive(last_sent: float) -> float:
+    return max(KEEPALIVE_SECONDS - (time.monotonic() - last_sent), 0.01)

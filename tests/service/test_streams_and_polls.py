@@ -67,3 +67,48 @@ def test_a_poll_answers_while_more_streams_are_open_than_the_pool_has_connection
     finally:
         stop.set()
         server.should_exit = True
+
+
+def _open_streams(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("muscle_event_streams_open "))
+
+
+def test_a_stream_whose_client_leaves_is_closed_by_the_server(
+        tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
+    """Nothing in a waiting stream polls for a gone client: the response's disconnect listener must end it."""
+    from api.main import create_app
+
+    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.2)
+    key = new_key(settings.database_url, "leaving")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        for _ in range(100):
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
+        before = _open_streams(url)
+        clients = [httpx.Client(base_url=url, headers=headers, timeout=30) for _ in range(5)]
+        streams = [c.stream("GET", f"/jobs/{job}/events", params={"stream": "true"}) for c in clients]
+        for s in streams:
+            assert s.__enter__().status_code == 200
+        deadline = time.monotonic() + 10
+        while _open_streams(url) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _open_streams(url) == before + 5
+        for s, c in zip(streams, clients, strict=True):
+            s.__exit__(None, None, None)
+            c.close()
+        deadline = time.monotonic() + 10
+        while _open_streams(url) > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _open_streams(url) == before, "streams of gone clients are still open"
+    finally:
+        server.should_exit = True
