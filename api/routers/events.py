@@ -58,7 +58,8 @@ async def list_events(
         return EventList(data=data, has_more=has_more, first_id=data[0].id if data else None,
                          last_id=data[-1].id if data else None)
     start = max(after, last_event_id or 0)
-    return StreamingResponse(_sse(factory, hub, job_id, start), media_type="text/event-stream",
+    poll = request.app.state.settings.sse_poll_seconds
+    return StreamingResponse(_sse(request, factory, hub, job_id, start, poll), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -66,7 +67,8 @@ def _encoded(rows: list[JobEvent]) -> str:
     return "".join(f"id: {e.id}\nevent: job.event\ndata: {event_object(e).model_dump_json()}\n\n" for e in rows)
 
 
-async def _sse(factory, hub: EventHub, job_id: str, cursor: int) -> AsyncIterator[str]:
+async def _sse(request: Request, factory, hub: EventHub, job_id: str, cursor: int, poll: float
+               ) -> AsyncIterator[str]:
     last_sent = time.monotonic()
     yield "retry: 2000\n\n"
     seen: Mark | None = None
@@ -89,16 +91,14 @@ async def _sse(factory, hub: EventHub, job_id: str, cursor: int) -> AsyncIterato
                     return
                 if has_more or status in TERMINAL or status == "deleted":
                     continue  # read on without waiting: the hub's mark will not move again for a finished job
-                # No database read until the hub sees the job move, and no wake-up before it or the next
-                # keep-alive is due. A client that goes away cancels this generator (the response listens
-                # for the disconnect beside it), so there is nothing to check meanwhile.
-                while (mark := await hub.wait(job_id, seen, _until_keepalive(last_sent))) is None:
-                    yield ": keep-alive\n\n"
-                    last_sent = time.monotonic()
+                # No database read until the hub sees the job move; meanwhile notice a gone client and
+                # keep the connection alive.
+                while (mark := await hub.wait(job_id, seen, poll)) is None:
+                    if await request.is_disconnected():
+                        return
+                    if time.monotonic() - last_sent > KEEPALIVE_SECONDS:
+                        yield ": keep-alive\n\n"
+                        last_sent = time.monotonic()
                 seen = mark
     finally:
         EVENT_STREAMS.dec()
-
-
-def _until_keepalive(last_sent: float) -> float:
-    return max(KEEPALIVE_SECONDS - (time.monotonic() - last_sent), 0.01)

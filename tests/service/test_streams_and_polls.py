@@ -76,7 +76,7 @@ def _open_streams(url: str) -> float:
 
 def test_a_stream_whose_client_leaves_is_closed_by_the_server(
         tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
-    """Nothing in a waiting stream polls for a gone client: the response's disconnect listener must end it."""
+    """A stream whose client goes away while it waits for its job to move is ended by the server."""
     from api.main import create_app
 
     settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.2)
