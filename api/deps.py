@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import ApiError
 from api.queue import Dispatcher
@@ -35,23 +35,22 @@ def close_session(session: Session) -> None:
 
 
 @contextmanager
-def db_session(database_url: str) -> Iterator[Session]:
+def _closing(maker: sessionmaker[Session]) -> Iterator[Session]:
     """A session that hands its connection back (or discards a dead one) on the way out."""
-    session = get_sessionmaker(database_url)()
+    session = maker()
     try:
         yield session
     finally:
         close_session(session)
 
 
-@contextmanager
-def read_session(database_url: str) -> Iterator[Session]:
+def db_session(database_url: str) -> AbstractContextManager[Session]:
+    return _closing(get_sessionmaker(database_url))
+
+
+def read_session(database_url: str) -> AbstractContextManager[Session]:
     """An autocommit session for a request that only reads (one statement, no transaction)."""
-    session = get_read_sessionmaker(database_url)()
-    try:
-        yield session
-    finally:
-        close_session(session)
+    return _closing(get_read_sessionmaker(database_url))
 
 
 def get_db(request: Request) -> Iterator[Session]:

@@ -45,9 +45,10 @@ if [ "$STREAMS" = 0 ]; then
 elif [ "${STREAMS_APART:-1}" = 1 ]; then
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 0 --streams $STREAMS --seconds 62 \
       --label "$LABEL streams" --no-record > "$WORK/streams.json" 2>&1 &
+  STREAMS_PID=$!
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --label "$LABEL"
-  wait %2 2>/dev/null || true; cat "$WORK/streams.json"
+  wait $STREAMS_PID || true; cat "$WORK/streams.json"
 else
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --streams $STREAMS --label "$LABEL"

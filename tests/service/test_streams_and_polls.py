@@ -12,29 +12,31 @@ import pytest
 import uvicorn
 
 from core.service.db import MAX_OVERFLOW, POOL_SIZE
-from tests.service.conftest import free_port, make_settings, new_key
+from core.service.settings import Settings
+from tests.service.conftest import free_port, make_settings, new_key, wait_http
 from tests.service.helpers import files
 
 pytestmark = pytest.mark.service
 
 
-def test_a_poll_answers_while_more_streams_are_open_than_the_pool_has_connections(
-        tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
+def _serve(settings: Settings) -> tuple[uvicorn.Server, str]:
+    """The API on a real HTTP server on loopback, in a thread of this process (set `should_exit` to stop)."""
     from api.main import create_app
 
-    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.5)
-    key = new_key(settings.database_url, "streams")
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
+    assert wait_http(url + "/healthz", 20), "the API did not start"
+    return server, url
+
+
+def test_a_poll_answers_while_more_streams_are_open_than_the_pool_has_connections(
+        tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
+    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.5)
+    key = new_key(settings.database_url, "streams")
+    server, url = _serve(settings)
     headers = {"Authorization": f"Bearer {key}"}
-    for _ in range(100):
-        try:
-            httpx.get(url + "/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
     job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
     # no worker consumes this queue: the job stays queued and its streams stay open
 
@@ -86,22 +88,11 @@ def _open_streams(url: str) -> float:
 def test_a_stream_whose_client_leaves_is_closed_by_the_server(
         tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
     """A stream whose client goes away while it waits for its job to move is ended by the server."""
-    from api.main import create_app
-
     settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.2)
     key = new_key(settings.database_url, "leaving")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
+    server, url = _serve(settings)
     headers = {"Authorization": f"Bearer {key}"}
     try:
-        for _ in range(100):
-            try:
-                httpx.get(url + "/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
         job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
         before = _open_streams(url)
         clients = [httpx.Client(base_url=url, headers=headers, timeout=30) for _ in range(5)]
