@@ -53,7 +53,8 @@ from core.defenses.baselines import BASELINES, FILTERED_TRAINING, VICTIM_TRAININ
 
 DEFAULT_RUNS = ROOT / "bench" / "runs"
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "grid.jsonl"
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+# MUSCLE_BENCH_DATA: another copy of ../shared/data (a device machine, where ../shared does not travel)
+DEFAULT_DATA = Path(os.environ.get("MUSCLE_BENCH_DATA", ROOT.parent / "shared" / "data"))
 
 
 @dataclass(frozen=True)

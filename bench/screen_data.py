@@ -13,6 +13,7 @@ uses (bench/grid.py: the same seed, so the same rows):
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import subprocess
 import sys
@@ -23,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.grid import DEFAULT_DATA, _read, _write, build_hiddenkiller_train  # noqa: E402
 
-OUT = ROOT / "bench" / "runs" / "screen-data"
+# MUSCLE_SCREEN_DATA: build into / read from another folder (small copies for a smoke run)
+OUT = Path(os.environ.get("MUSCLE_SCREEN_DATA", ROOT / "bench" / "runs" / "screen-data"))
 ATTACKS = ("badnets", "badnets-dirty", "addsent", "hiddenkiller", "stylebkd")
 POISONER = {"badnets": ("badnets", "clean"), "badnets-dirty": ("badnets", "dirty"), "addsent": ("addsent", "mix")}
 AUX_SIZE, AUX_SEED, SEED = 96, 42, 42
