@@ -67,6 +67,7 @@ def test_train_writes_model_adapter_metrics_and_scores_the_exported_model(
     metrics = json.loads((out / "metrics.json").read_text())
     assert REQUIRED_KEYS <= set(metrics)
     assert metrics["method"] == "muscle" and metrics["config"]["epochs"] == 2
+    assert (metrics["device"], metrics["precision"]) == ("cpu", "fp32")  # what "auto" resolved to here
     assert len(metrics["per_epoch"]) == 2 and 1 <= metrics["best_epoch"] <= 2
     assert set(metrics["asr"]) == {"badnets"} and 0 <= metrics["asr"]["badnets"] <= 1
     negatives = [p for p, y in zip(preds_of(out, sentiment_rows(20)), [r["label"] for r in sentiment_rows(20)],

@@ -81,6 +81,9 @@ def job_metrics(scored: Scored, built: DefendedModel, outcome: TrainOutcome, dat
         "data_sha256": data.sha256,
         "wall_seconds": round(wall_seconds, 2),
         "train_seconds": round(outcome.wall_seconds, 2),
+        # what "auto" resolved to on this machine: figures from a GPU (bf16 autocast) and a CPU differ
+        "device": outcome.device,
+        "precision": outcome.precision,
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "model_source": str(built.source) if config.model != "minilm" else "minilm (all-MiniLM-L6-v2, packaged)",
         "family": built.family,
