@@ -3,7 +3,8 @@
 # PostgreSQL database or SQLite file, a full-SST-2 job posted over HTTP, and once it trains, 200 pollers of
 # GET /jobs/{id} for 60 s with 50 event streams of the same job held open. The streams run in their own
 # process (STREAMS_APART=1, default) so the pollers' figures are not the streams' client-side queueing.
-# PYSPY=1 records a py-spy flame profile of the API process meanwhile.
+# PYSPY=1 records a py-spy flame profile of the API process meanwhile. STREAMS_NICE=N runs the streams'
+# client at that nice level (default 0), to tell the server's tail from the generators' share of 2 cores.
 #
 #   bash bench/load_with_worker.sh pg|sqlite LABEL
 set -euo pipefail
@@ -43,8 +44,8 @@ if [ "$STREAMS" = 0 ]; then
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --label "$LABEL"
 elif [ "${STREAMS_APART:-1}" = 1 ]; then
-  $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 0 --streams $STREAMS --seconds 62 \
-      --label "$LABEL streams" --no-record > "$WORK/streams.json" 2>&1 &
+  nice -n "${STREAMS_NICE:-0}" $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 0 \
+      --streams $STREAMS --seconds 62 --label "$LABEL streams" --no-record > "$WORK/streams.json" 2>&1 &
   STREAMS_PID=$!
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --label "$LABEL"
