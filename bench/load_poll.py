@@ -175,6 +175,27 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                if args.streams else {}), "client": args.client, "stagger": args.stagger, **server}
 
 
+SERVER_STACK = ("fastapi", "starlette", "uvicorn", "anyio", "sqlalchemy", "psycopg", "pydantic")
+
+
+def environment() -> dict[str, object]:
+    """What a figure depends on besides the code: the server stack's versions (read from this
+    environment, which `muscle serve` shares here), the Python and the machine's speed."""
+    import platform
+    import timeit
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"versions": {n: ver(n) for n in SERVER_STACK}, "python": platform.python_version(),
+            # best of 5 of a fixed pure-Python loop, to tell a slower machine from a slower change
+            "sum_range_1e6_ms": round(1000 * min(timeit.repeat("sum(range(10**6))", number=1, repeat=5)), 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True)
@@ -192,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="")
     p.add_argument("--no-record", action="store_true", help=f"print only, do not append to {RESULTS.name}")
     args = p.parse_args(argv)
-    result = asyncio.run(run(args))
+    machine = environment()  # before the pollers start (a training worker already running counts in it)
+    result = {**asyncio.run(run(args)), **machine}
     print(json.dumps(result))
     if not args.no_record:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
