@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from sqlalchemy import func, select
 from core.service.db import get_read_sessionmaker, read_once_more
 from core.service.models import Job, JobEvent
 
+log = logging.getLogger("api.events")
 T = TypeVar("T")
 Mark = tuple[int, str]  # (newest event id, job status); status "deleted" once the job row is gone
 
@@ -104,10 +106,21 @@ class EventHub:
         return await asyncio.shield(future)
 
     async def _run(self, hub: _LoopHub) -> None:
+        failing_since: float | None = None  # a database outage: streams keep waiting, retried each tick
         while hub.watchers:
             job_ids = list(hub.watchers)
-            with contextlib.suppress(Exception):  # a database outage: streams keep waiting, retried next tick
+            try:
                 marks = await run_in_threadpool(read_marks, self.database_url, job_ids)
+            except Exception as exc:  # any driver error; said once per outage, not once per tick
+                if failing_since is None:
+                    failing_since = asyncio.get_running_loop().time()
+                    log.warning("event streams: database check failed (%s: %s); %d streams wait, retrying "
+                                "every %.1f s", type(exc).__name__, exc, sum(hub.watchers.values()), self.interval)
+            else:
+                if failing_since is not None:
+                    log.warning("event streams: database back after %.1f s",
+                                asyncio.get_running_loop().time() - failing_since)
+                    failing_since = None
                 fresh = {j: m for j, m in marks.items() if j in hub.watchers and hub.marks.get(j) != m}
                 if fresh:
                     async with hub.changed:

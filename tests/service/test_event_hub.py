@@ -87,3 +87,32 @@ def test_streams_woken_together_share_one_read(sqlite_url: str) -> None:
     assert together == [[1]] * 30 and later == [2]
     assert len(reads) == 3  # 30 streams, one read; one later read; one failing read for two streams
     assert [str(e) for e in other] == ["database gone"] * 2
+
+
+def test_a_failing_database_check_is_said_once_and_the_streams_wake_once_it_is_back(
+        sqlite_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    job_id = make_job(sqlite_url)
+    real = event_hub.read_marks
+    failures = {"left": 5}
+
+    def flaky(url: str, job_ids: list[str]):
+        if url == sqlite_url and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("database unreachable")
+        return real(url, job_ids)
+
+    monkeypatch.setattr(event_hub, "read_marks", flaky)
+    hub = EventHub(sqlite_url, interval=0.02)
+
+    async def watcher() -> tuple[int, str] | None:
+        async with hub.watch(job_id):
+            return await hub.wait(job_id, None, timeout=5)
+
+    with caplog.at_level("WARNING", logger="api.events"):
+        mark = asyncio.run(watcher())
+    assert mark is not None and mark[1] == "queued" and failures["left"] == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "api.events"]
+    # five failed ticks: one warning for the outage (naming the error), one for the recovery
+    assert len(said) == 2, said
+    assert "ConnectionError: database unreachable" in said[0] and "1 streams wait" in said[0]
+    assert said[1].startswith("event streams: database back after")
