@@ -15,7 +15,7 @@ from core.engine import ProgressEvent
 from core.service import lease
 from core.service.contract import PROGRESS_FIELDS
 from core.service.db import session_scope
-from core.service.events import add_event
+from core.service.events import EventType, add_event
 from core.service.models import EVALUATING, Job
 from core.service.settings import Settings
 from core.service.userfiles import json_safe
@@ -92,7 +92,7 @@ class ProgressRecorder:
         else:  # log
             self._write(("message", ev.message or "", ev.metrics))
 
-    def _write(self, event: tuple[str, str, dict[str, Any] | None] | None, status: str | None = None,
+    def _write(self, event: tuple[EventType, str, dict[str, Any] | None] | None, status: str | None = None,
                per_epoch: bool = False) -> None:
         values: dict[str, Any] = {"progress": self._progress()}
         if per_epoch:
