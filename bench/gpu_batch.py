@@ -130,7 +130,8 @@ def smoke(env: dict[str, str], out: Path, device: str) -> int:
     from bench.screen_data import OUT as DATA
 
     tiny = Path("/tmp/smoke")
-    tiny.mkdir(exist_ok=True)
+    shutil.rmtree(tiny, ignore_errors=True)  # a warm machine keeps the last call's run: start afresh
+    tiny.mkdir()
     lines = (DATA / "train-badnets-0.1.tsv").read_text().splitlines()
     (tiny / "train.tsv").write_text("\n".join(lines[:201]) + "\n")
     argv = [sys.executable, "-m", "core.cli", "train", "--train", str(tiny / "train.tsv"),
