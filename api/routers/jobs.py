@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -31,7 +30,7 @@ from api.queue import Dispatcher
 from api.schemas import DeletedJob, ErrorResponse, JobList, JobObject, Status, job_object
 from core.service import lease
 from core.service.artifacts import ArtifactStore, job_prefix
-from core.service.auth import key_digest
+from core.service.auth import active_key, digest_matches, key_digest
 from core.service.db import read_once_more
 from core.service.events import add_event
 from core.service.models import CANCELLED, CANCELLING, TERMINAL, ApiKey, Job
@@ -152,8 +151,8 @@ def _job_json(database_url: str, creds: HTTPAuthorizationCredentials | None, job
             row = db.execute(
                 select(ApiKey.key_hash, Job).select_from(ApiKey)
                 .outerjoin(Job, and_(Job.id == job_id, Job.owner_id == ApiKey.id))
-                .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))).first()
-            if row is None or not hmac.compare_digest(row.key_hash, digest):
+                .where(active_key(digest))).first()
+            if row is None or not digest_matches(row.key_hash, digest):
                 raise invalid_key()
             if row.Job is None:  # missing, or another key's: answered alike
                 raise not_found()

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.orm import Session
 
 from core.service.ids import new_id
@@ -43,16 +43,23 @@ def key_digest(key: str) -> str | None:
     return hash_key(key)
 
 
+def active_key(digest: str) -> ColumnElement[bool]:
+    """The condition an active key's row meets: this digest, not revoked. Every key check uses it."""
+    return and_(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+
+
+def digest_matches(stored: str, digest: str) -> bool:
+    """The index lookup already matched; compare again in constant time for good measure."""
+    return hmac.compare_digest(stored, digest)
+
+
 def lookup_key(session: Session, key: str) -> ApiKey | None:
     """The active key row for a presented key, or None."""
     digest = key_digest(key)
     if digest is None:
         return None
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
-    # The index lookup already matched; compare again in constant time for good measure.
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
-        return None
-    return row
+    row = session.scalar(select(ApiKey).where(active_key(digest)))
+    return row if row is not None and digest_matches(row.key_hash, digest) else None
 
 
 def list_keys(session: Session) -> list[ApiKey]:
