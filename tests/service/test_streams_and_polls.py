@@ -31,15 +31,25 @@ def _serve(settings: Settings) -> tuple[uvicorn.Server, str]:
     return server, url
 
 
+def _serve_a_queued_job(tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str,
+                        dataset: dict[str, Path], sse_poll_seconds: float
+                        ) -> tuple[uvicorn.Server, str, dict[str, str], str]:
+    """A served API holding one job that stays queued (no worker consumes the queue, so its streams stay
+    open): the server, its URL, the owner's headers and the job's id."""
+    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=sse_poll_seconds)
+    headers = {"Authorization": f"Bearer {new_key(settings.database_url, 'streams')}"}
+    server, url = _serve(settings)
+    try:
+        job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
+    except BaseException:
+        server.should_exit = True
+        raise
+    return server, url, headers, job
+
+
 def test_a_poll_answers_while_more_streams_are_open_than_the_pool_has_connections(
         tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
-    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.5)
-    key = new_key(settings.database_url, "streams")
-    server, url = _serve(settings)
-    headers = {"Authorization": f"Bearer {key}"}
-    job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
-    # no worker consumes this queue: the job stays queued and its streams stay open
-
+    server, url, headers, job = _serve_a_queued_job(tmp_path, sqlite_url, redis_url, queue_name, dataset, 0.5)
     streams = POOL_SIZE + MAX_OVERFLOW + 5
     opened = threading.Semaphore(0)
     stop = threading.Event()
@@ -85,30 +95,28 @@ def _open_streams(url: str) -> float:
     return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("muscle_event_streams_open "))
 
 
+def _open_streams_settle(url: str, expected: float, seconds: float = 10) -> float:
+    """The open-streams gauge once it reads `expected`, or its last reading after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while (value := _open_streams(url)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
 def test_a_stream_whose_client_leaves_is_closed_by_the_server(
         tmp_path: Path, sqlite_url: str, redis_url: str, queue_name: str, dataset: dict[str, Path]) -> None:
     """A stream whose client goes away while it waits for its job to move is ended by the server."""
-    settings = make_settings(tmp_path, sqlite_url, redis_url, queue_name, sse_poll_seconds=0.2)
-    key = new_key(settings.database_url, "leaving")
-    server, url = _serve(settings)
-    headers = {"Authorization": f"Bearer {key}"}
+    server, url, headers, job = _serve_a_queued_job(tmp_path, sqlite_url, redis_url, queue_name, dataset, 0.2)
     try:
-        job = httpx.post(url + "/jobs", headers=headers, files=files(dataset, "train", "aux"), timeout=30).json()["id"]
         before = _open_streams(url)
         clients = [httpx.Client(base_url=url, headers=headers, timeout=30) for _ in range(5)]
         streams = [c.stream("GET", f"/jobs/{job}/events", params={"stream": "true"}) for c in clients]
         for s in streams:
             assert s.__enter__().status_code == 200
-        deadline = time.monotonic() + 10
-        while _open_streams(url) < before + 5 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _open_streams(url) == before + 5
+        assert _open_streams_settle(url, before + 5) == before + 5
         for s, c in zip(streams, clients, strict=True):
             s.__exit__(None, None, None)
             c.close()
-        deadline = time.monotonic() + 10
-        while _open_streams(url) > before and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _open_streams(url) == before, "streams of gone clients are still open"
+        assert _open_streams_settle(url, before) == before, "streams of gone clients are still open"
     finally:
         server.should_exit = True
