@@ -60,44 +60,30 @@ def plan() -> list[tuple[str, str, float, str, list[str]]]:
     return runs
 
 
-def pack(_: argparse.Namespace) -> int:
+def copy_model(src: Path, dst: Path, dtype: str) -> None:
+    """A model folder copied with its floating-point weights cast to `dtype` ("float16" to travel,
+    "float32" to train on)."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("model.safetensors"))
+    to = getattr(torch, dtype)
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({k: v.to(to) if v.is_floating_point() else v for k, v in weights.items()},
+              str(dst / "model.safetensors"))
+
+
+def pack(_: argparse.Namespace) -> int:
     from bench.grid import DEFAULT_DATA
     from core.models.backbones import resolve_model_source
 
     PACK.mkdir(exist_ok=True)
-    src = Path(resolve_model_source("minilm"))
-    dst = PACK / "model"
-    dst.mkdir(exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy2(f, dst / f.name)
-    weights = load_file(str(src / "model.safetensors"))
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()},
-              str(dst / "model.safetensors"))
+    copy_model(Path(resolve_model_source("minilm")), PACK / "model", "float16")
     with tarfile.open(PACK / "data.tar.gz", "w:gz") as tar:
         tar.add(DEFAULT_DATA, arcname="shared-data")
     size = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
     print(f"packed {PACK}: {size / 2**20:.1f} MiB (wheels: {len(list((PACK / 'whl').glob('*.whl')))})")
     return 0
-
-
-def widen_model() -> None:
-    """The carried fp16 weights back to fp32, in a model folder the runs load with --set model=."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    MODEL_THERE.mkdir(parents=True, exist_ok=True)
-    for f in (PACK / "model").iterdir():
-        if f.is_file() and f.name != "model.safetensors":
-            shutil.copy2(f, MODEL_THERE / f.name)
-        elif f.is_dir():
-            shutil.copytree(f, MODEL_THERE / f.name, dirs_exist_ok=True)
-    weights = load_file(str(PACK / "model" / "model.safetensors"))
-    save_file({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in weights.items()},
-              str(MODEL_THERE / "model.safetensors"))
 
 
 def environment(out: Path, limit: int | None) -> dict[str, str]:
@@ -114,7 +100,7 @@ def environment(out: Path, limit: int | None) -> dict[str, str]:
 
         for f in [*DATA.glob("*.tsv"), shared / "shared-data" / "sst2" / "test.tsv"]:
             f.write_text("\n".join(f.read_text().splitlines()[:limit + 1]) + "\n")
-    widen_model()
+    copy_model(PACK / "model", MODEL_THERE, "float32")  # the carried fp16 weights back to fp32
     info = subprocess.run([sys.executable, "-c", "import torch, transformers, peft; "
                            "print(torch.__version__, transformers.__version__, peft.__version__, "
                            "torch.cuda.get_device_name(0))"], capture_output=True, text=True, env=env)
