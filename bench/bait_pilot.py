@@ -80,7 +80,8 @@ def fit_and_score(train: list[dict[str, str]], score_sets: list[list[str]], args
 
 def dynamics_run(args: argparse.Namespace) -> int:
     """In-sample confidence in the given label after each epoch (SEEP's seeding signal), and the pooled
-    representation after the last one (for propagation), saved to bench/runs/pilot/dyn-ATTACK-RATE.npz."""
+    representation after each epoch (`feats` holds the last one, `feats_by_epoch` all of them), saved to
+    bench/runs/pilot/dyn-ATTACK-RATE.npz."""
     import torch
     from sklearn.metrics import roc_auc_score
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -101,7 +102,7 @@ def dynamics_run(args: argparse.Namespace) -> int:
         texts = [r["text"] for r in rows] + [r["text"] for r in aux] + probe
         n, na = len(rows), len(aux)
         order = list(range(n))
-        conf, feats = [], None
+        conf, feats, feats_by_epoch = [], None, []
         for epoch in range(args.epochs):
             random.Random(args.seed + epoch).shuffle(order)
             model.train()
@@ -124,6 +125,10 @@ def dynamics_run(args: argparse.Namespace) -> int:
                     hidden.append(out.hidden_states[-1][:, 0].numpy())
             probs = np.concatenate(probs)
             feats = np.concatenate(hidden)
+            feats_by_epoch.append(feats.astype(np.float16))
+            if args.save_models:
+                model.save_pretrained(ROOT / "bench" / "runs" / "pilot" / f"model-{attack}-{args.rate}-e{epoch + 1}")
+                tok.save_pretrained(ROOT / "bench" / "runs" / "pilot" / f"model-{attack}-{args.rate}-e{epoch + 1}")
             conf.append(probs[:n][np.arange(n), given])
             asr = float((probs[n + na:].argmax(1) == 1).mean())
             print(json.dumps({"attack": attack, "epoch": epoch + 1, "bait_asr": round(asr, 3),
@@ -131,6 +136,7 @@ def dynamics_run(args: argparse.Namespace) -> int:
         poisoned = np.array([r["poisoned"] == "1" for r in rows])
         conf_arr = np.array(conf)
         np.savez(ROOT / "bench" / "runs" / "pilot" / f"dyn-{attack}-{args.rate}.npz", conf=conf_arr, feats=feats,
+                 feats_by_epoch=np.array(feats_by_epoch),
                  given=given, poisoned=poisoned, aux_feats=feats[n:n + na] if feats is not None else None,
                  aux_labels=np.array([int(r["label"]) for r in aux]))
         target = given == 1
@@ -177,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train once on every row (no folds) and report CACC on sst2/test.tsv and ASR on the probe")
     p.add_argument("--dynamics", action="store_true",
                    help="SEEP-style: train on every row, score every row in-sample after each epoch")
+    p.add_argument("--save-models", action="store_true",
+                   help="with --dynamics: save the model after each epoch, bench/runs/pilot/model-ATTACK-RATE-eN")
     args = p.parse_args(argv)
     if args.full:
         return full_run(args)

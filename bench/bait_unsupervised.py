@@ -14,7 +14,10 @@ AUC against the `poisoned` column and recall at 1 / 2.5 / 5% of that class's cle
 - and, for scale, a logistic regression told the truth (cross-validated): what any linear screen on this
   representation could at best do.
 
-    .venv/bin/python bench/bait_unsupervised.py bench/runs/pilot/dyn-hiddenkiller-0.1.npz [...]
+    .venv/bin/python bench/bait_unsupervised.py bench/runs/pilot/dyn-hiddenkiller-0.1.npz[:EPOCH] [...]
+
+`:EPOCH` (1-based) reads that epoch's features from a multi-epoch run (`feats_by_epoch`); without it,
+the last epoch's.
 """
 
 from __future__ import annotations
@@ -84,13 +87,15 @@ def describe(name: str, score: np.ndarray, poisoned: np.ndarray) -> None:
 
 
 def main(paths: list[str]) -> int:
-    for path in paths:
+    for spec in paths:
+        path, _, epoch = spec.partition(":")
         d = np.load(path, allow_pickle=True)
         given, poisoned = d["given"], d["poisoned"]
         n = len(given)
-        x = d["feats"][:n]
-        aux, aux_y = d["aux_feats"], d["aux_labels"]
-        print(f"{path}: {n} rows, {int(poisoned.sum())} poisoned")
+        feats = d["feats_by_epoch"][int(epoch) - 1].astype(np.float32) if epoch else d["feats"]
+        x = feats[:n]
+        aux, aux_y = feats[n:n + len(d["aux_labels"])], d["aux_labels"]
+        print(f"{spec}: {n} rows, {int(poisoned.sum())} poisoned")
         for c in np.unique(given):
             rows = given == c
             xc, pc = x[rows], poisoned[rows]
