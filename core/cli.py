@@ -105,6 +105,9 @@ def _add_screen_and_settings_commands(sub: Any) -> None:
     sc.add_argument("--aux", type=Path, required=True, help="small trusted clean file (the same labels)")
     sc.add_argument("--out", type=Path, required=True,
                     help="output folder: screen.json (removed rows and suspects) and removed.tsv")
+    sc.add_argument("--model", default=None,
+                    help="backbone whose sentence embeddings the content screen reads: minilm (default), a hub id "
+                         "or a local path")
     _add_data_args(sc)
     sc.add_argument("--set", action="append", default=[], type=_parse_set, metavar="KEY=VALUE",
                     help="a screen setting, e.g. --set screen_fdr=0.01 (`muscle settings` lists them)")
@@ -239,12 +242,14 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from core.data.dataset import check_aux, load_examples
     from core.data.labels import LabelMap
     from core.data.table import read_table
-    from core.screen.stage import screen_examples, settings_from
+    from core.screen.stage import content_settings_from, embedder, screen_examples, settings_from
 
     sets = dict(args.set)
     unknown = sorted(k for k in sets if not k.startswith("screen_"))
     if unknown:
         raise MuscleError(f"not a screen setting: {', '.join(unknown)} (screen settings start with screen_)")
+    if args.model is not None:
+        sets["model"] = args.model
     try:
         config = resolve_config("default", sets)
     except ValueError as exc:
@@ -255,7 +260,9 @@ def cmd_screen(args: argparse.Namespace) -> int:
     train = load_examples(args.train, label_map, role="train", **cols)
     aux = load_examples(args.aux, label_map, role="aux", **cols)
     check_aux(aux, label_map, config.min_aux_per_class, str(args.aux))
-    report = screen_examples(train, aux, settings_from(config), label_map.names)
+    content = content_settings_from(config)
+    report = screen_examples(train, aux, settings_from(config), label_map.names, content,
+                             embedder(config) if content is not None else None)
     json_path, tsv_path = report.write(args.out)
     summary = report.summary(max_suspects=10)
     print(json.dumps({k: summary[k] for k in ("rows_in", "rows_removed", "removed_per_rule", "seconds")}

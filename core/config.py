@@ -193,6 +193,14 @@ class TrainConfig(BaseModel):
     training; off by default (docs/screen.md: on HiddenKiller it removed as many clean rows as poisoned)."""
     screen_clusters: int = Field(4, ge=2, le=64)
     """Clusters per class in the learned screen."""
+    screen_content: bool = True
+    """After the lexical screen, the content screen: features whose rows carry a label more often than a
+    content model (a logistic regression on the backbone's frozen sentence embeddings, cross-fitted on the
+    kept rows) expects, tested at `screen_fdr` (docs/screen.md). One forward pass over the file; it stands
+    down when the embeddings read the aux rows worse than a bag of words does."""
+    screen_content_budget: float = Field(0.15, ge=0, lt=1)
+    """Most rows, as a share of the file, the content screen removes: a bound on what a content model that
+    misreads the file (another language, texts far longer than max_length) can cost."""
 
     # Runtime.
     device: str = Field("auto", json_schema_extra=RUNTIME_FIXED)  # auto | cpu | cuda | cuda:N

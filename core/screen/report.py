@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.screen.clusters import Cluster
+from core.screen.content import ContentStep
 from core.screen.expand import Expansion
 from core.screen.lexical import Suspect
 
@@ -17,7 +18,7 @@ from core.screen.lexical import Suspect
 class RemovedRow:
     row: int  # 0-based index of the data row in file order
     line: int | None  # line in the file (1-based, the header is line 1 for CSV/TSV)
-    rule: str  # lexical | shape
+    rule: str  # lexical | shape | content | expand | learned
     feature: str
     score: float
     text: str
@@ -36,6 +37,7 @@ class ScreenReport:
     clusters: list[Cluster] = field(default_factory=list)  # the learned screen's, when it ran
     expansions: list[Expansion] = field(default_factory=list)  # seed-and-expand, per seed class
     label_names: tuple[str, ...] | None = None  # class id -> the file's label, for reports
+    content: list[ContentStep] = field(default_factory=list)  # the content screen's steps, in order
 
     def label(self, label_id: int) -> str | int:
         return self.label_names[label_id] if self.label_names is not None else label_id
@@ -58,6 +60,9 @@ class ScreenReport:
             "suspects_total": len(self.suspects),
             "expansions": [{"label": self.label(e.label), "seed_rows": e.seed, "added": len(e.added),
                             "threshold": round(e.threshold, 4)} for e in self.expansions],
+            "content": [{"feature": c.feature, "label": self.label(c.label), "rows": c.rows,
+                         "label_rows": c.label_rows, "expected": round(c.expected, 2), "z": round(c.z, 2),
+                         "p_value": c.p_value, "removed": len(c.removed)} for c in self.content],
             "clusters": [{"label": self.label(c.label), "rows": len(c.rows), "share": round(c.share, 4),
                           "trusted": c.trusted, "trusted_of_class": c.trusted_of_class, "p_value": c.p_value,
                           "flagged": c.flagged}

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from typing import Any
+
+import numpy as np
 
 from core.data.dataset import Example
 from core.errors import ConfigError
+from core.screen.content import ContentCheck, ContentSettings, ContentStep, excess_steps, reads_content
 from core.screen.expand import Expansion, expand_seed
-from core.screen.features import row_features
+from core.screen.features import is_word, row_features
 from core.screen.learned import LearnedSettings, bait_clusters
 from core.screen.lexical import LexicalSettings, Suspect, choose_removals, find_suspects
 from core.screen.report import RemovedRow, ScreenReport
@@ -24,13 +27,34 @@ def settings_from(config: Any) -> LexicalSettings:
                            min_rows=config.screen_min_rows, expand=config.screen_expand)
 
 
+def content_settings_from(config: Any) -> ContentSettings | None:
+    """The content screen's settings, or None when `screen_content` is off."""
+    if not config.screen_content:
+        return None
+    return ContentSettings(fdr=config.screen_fdr, min_rows=config.screen_min_rows,
+                           budget=config.screen_content_budget, seed=config.seed)
+
+
+def embedder(config: Any) -> Callable[[Sequence[str]], np.ndarray]:
+    """Texts -> the job's backbone's frozen sentence embeddings (for the content screen)."""
+    from core.models.backbones import resolve_model_source
+    from core.screen.content import sentence_embeddings
+
+    source = resolve_model_source(config.model)
+    return lambda texts: sentence_embeddings(source, texts, config.eval_batch_size, config.max_length)
+
+
 def learned_settings_from(config: Any) -> LearnedSettings:
     return LearnedSettings(clusters=config.screen_clusters, fdr=config.screen_fdr, seed=config.seed)
 
 
 def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: LexicalSettings,
-                    label_names: Sequence[str] | None = None) -> ScreenReport:
-    """Screen `train` (untrusted) against `aux` (trusted clean). Row numbers are indices into `train`."""
+                    label_names: Sequence[str] | None = None, content: ContentSettings | None = None,
+                    embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> ScreenReport:
+    """Screen `train` (untrusted) against `aux` (trusted clean). Row numbers are indices into `train`.
+
+    With `content` and `embed` (texts -> sentence embeddings), the content screen runs on the rows the
+    lexical screen kept."""
     if not train:
         raise ConfigError("the screen needs at least one training row")
     started = time.perf_counter()
@@ -50,10 +74,33 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
         rows += [RemovedRow(row=i, line=train[i].line, rule="expand", feature=f"like the {e.seed} confirmed rows",
                             score=margin, text=train[i].text, label=name(train[i].label))
                  for i, margin in e.added.items()]
+    steps: list[ContentStep] = []
+    check: ContentCheck | None = None
+    if content is not None and embed is not None:
+        gone = {r.row for r in rows}
+        rest = [i for i in range(len(train)) if i not in gone]
+        classes = max(labels) + 1 if label_names is None else len(label_names)
+        kept_features, kept_labels = [features[i] for i in rest], [labels[i] for i in rest]
+        aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
+        x = embed([train[i].text for i in rest])
+        check = reads_content(x, kept_labels, [words_of(f) for f in kept_features], embed([ex.text for ex in aux]),
+                              aux_labels, [words_of(f) for f in aux_features], content.fdr)
+        natural = vouched(kept_features, kept_labels, aux_features, aux_labels, content.fdr)
+        found = excess_steps(kept_features, kept_labels, x, classes, content,
+                             natural=lambda c: natural.get(c, set())) if check.reads else []
+        for step in found:
+            local = tuple(rest[j] for j in step.removed)
+            steps.append(replace(step, removed=local))
+            score = -math.log10(max(step.p_value, 1e-300))
+            rows += [RemovedRow(row=i, line=train[i].line, rule="content", feature=step.feature, score=score,
+                                text=train[i].text, label=name(train[i].label)) for i in local]
     rows.sort(key=lambda r: r.row)
-    report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=asdict(settings),
+    report_settings = asdict(settings) | ({"content": asdict(content)} if content is not None and embed else {})
+    if check is not None:
+        report_settings["content"]["check"] = asdict(check)
+    report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=report_settings,
                           seconds=time.perf_counter() - started, expansions=expansions,
-                          label_names=tuple(label_names) if label_names is not None else None)
+                          label_names=tuple(label_names) if label_names is not None else None, content=steps)
     report.truth = against_truth(train, report.removed_rows)
     return report
 
@@ -68,6 +115,32 @@ def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, S
         return []
     return expand_seed(features, labels, set(removed), seed, {s.feature for s in suspects},
                        [row_features(t) for t in aux_texts], aux_labels)
+
+
+def words_of(features: set[str]) -> set[str]:
+    return {f for f in features if is_word(f)}
+
+
+def vouched(features: Sequence[set[str]], labels: Sequence[int], aux_features: Sequence[set[str]],
+            aux_labels: Sequence[int], fdr: float) -> dict[int, set[str]]:
+    """Per class, the words at least two trusted rows show in that class, about as often as the untrusted
+    rows do (not significantly less, one-sided binomial at `fdr`): a frequent natural cue a content model
+    under-reads (a pure word in abuse or spam data) is one of them; a planted word is rarer in clean rows.
+    Words only, and two rows: a template's shape, or a phrase around a function word, turns up naturally
+    in a trusted row or two, so such evidence would also clear a syntactic trigger."""
+    from collections import Counter
+
+    from scipy import stats
+
+    n, n_aux = len(labels), len(aux_labels)
+    untrusted = Counter((f, y) for fs, y in zip(features, labels, strict=True) for f in fs if is_word(f))
+    in_aux = Counter((f, y) for fs, y in zip(aux_features, aux_labels, strict=True) for f in fs if is_word(f))
+    out: dict[int, set[str]] = {}
+    for (f, y), a in in_aux.items():
+        rate = untrusted.get((f, y), 0) / n if n else 0.0
+        if a >= 2 and (rate == 0.0 or stats.binom.cdf(a, n_aux, rate) > fdr):
+            out.setdefault(y, set()).add(f)
+    return out
 
 
 def against_truth(train: Sequence[Example], removed: set[int]) -> dict[str, Any] | None:

@@ -1,0 +1,209 @@
+"""The content screen: features whose rows carry a label more often than their content explains.
+
+Label purity cannot tell a trigger from a strong natural cue; why the rows carry the label can. A
+natural cue's rows are labelled c because their content says c; a trigger's rows are labelled c whatever
+their content says (a dirty-label row is a sentence of another class). A content model that reads what
+a sentence means (a logistic regression on the backbone's frozen sentence embeddings) cannot learn a
+rare word, a template or a style as a label, so it is the null: for a feature f and class c, over all
+untrusted rows carrying f, the count labelled c (O) against the count the model expects (sum of
+P(c | content)), one-sided Poisson-binomial test (normal approximation, exact where it could pass),
+Benjamini-Hochberg over every tested (feature, class). A syntactic template shows up in its shape
+features (the subordinate clause a HiddenKiller paraphrase opens with), a style in its punctuation, a
+word trigger in its n-grams.
+
+Greedy, because a trigger's rows lift every feature they share: the strongest passing feature's rows
+labelled c are removed, its rows of either label leave the tests (those of other labels would otherwise
+look pure), the content model is refitted on the rows still kept (the poison it saw made it less sure
+of the classes the poisoned rows came from), and the tests run again, until none passes.
+
+Guards: the content model is cross-fitted (no row's expectation comes from a model fitted on it); it must
+read the trusted rows at least as well as a bag of words does (`reads_content`), or the screen does not
+run; words the trusted rows vouch for are not tested (`core.screen.stage.vouched`); and the rows it
+removes stay within `budget` of the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse, stats
+
+from core.screen.lexical import benjamini_hochberg, default_setting
+
+
+@dataclass(frozen=True)
+class ContentSettings:
+    fdr: float = default_setting("screen_fdr")
+    min_rows: int = default_setting("screen_min_rows")
+    budget: float = default_setting("screen_content_budget")
+    folds: int = 5
+    seed: int = default_setting("seed")
+
+
+@dataclass(frozen=True)
+class ContentStep:
+    feature: str
+    label: int
+    rows: int  # rows still tested that carry the feature, any label
+    label_rows: int  # ... of them labelled `label` (O)
+    expected: float  # the content model's expected count of `label` among them (E)
+    z: float
+    p_value: float
+    removed: tuple[int, ...]  # row indices (into the screened rows) this step removed
+
+
+EXACT_FROM_Z = 2.0
+
+
+def poisson_binomial_log_sf(p: np.ndarray, k: int) -> float:
+    """log P(sum of Bernoulli(p_i) >= k), exactly (dynamic programme over the count)."""
+    pmf = np.zeros(len(p) + 1)
+    pmf[0] = 1.0
+    for i, q in enumerate(p, start=1):
+        pmf[1:i + 1] = pmf[1:i + 1] * (1 - q) + pmf[:i] * q
+        pmf[0] *= 1 - q
+    return float(np.log(max(pmf[k:].sum(), 1e-300)))
+
+
+def content_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int) -> np.ndarray:
+    """Cross-fitted P(class | embedding) for every row; rows of a class too small to split get its prior."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels, minlength=classes)
+    folds = int(min(folds, counts[counts > 0].min()))
+    proba = np.tile(counts / counts.sum(), (len(labels), 1))
+    if folds < 2 or (counts > 0).sum() < 2:
+        return proba
+    present = np.nonzero(counts)[0]
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
+        model = LogisticRegression(max_iter=2000).fit(x[fit], labels[fit])
+        proba[np.ix_(held, present)] = model.predict_proba(x[held])
+    return proba
+
+
+def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndarray, classes: int,
+                 settings: ContentSettings, natural: Callable[[int], set[str]] | None = None) -> list[ContentStep]:
+    """The greedy excess tests over `features` (one set per row), stopped before a step would take the
+    rows removed past `budget` of the rows. `natural(c)`: features the trusted rows vouch for in class c
+    (not tested for c)."""
+    y = np.asarray(labels, dtype=int)
+    n = len(y)
+    vocab: dict[str, int] = {}
+    ri, ci = [], []
+    for i, fs in enumerate(features):
+        for f in fs:
+            ri.append(i)
+            ci.append(vocab.setdefault(f, len(vocab)))
+    if not vocab:
+        return []
+    names = list(vocab)
+    by_feature = sparse.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(n, len(vocab))).T.tocsr()
+    tested = np.ones(n, bool)
+    removed = np.zeros(n, bool)
+    allowance = int(settings.budget * n)
+    steps: list[ContentStep] = []
+    while True:
+        keep = np.nonzero(~removed)[0]
+        proba = np.zeros((n, classes))
+        proba[keep] = content_probabilities(x[keep], y[keep], classes, settings.folds, settings.seed)
+        rows_with = by_feature @ tested.astype(float)
+        testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
+        log_p = np.zeros((classes, len(vocab)))
+        z = np.zeros((classes, len(vocab)))
+        for c in range(classes):
+            p = proba[:, c] * tested
+            observed = by_feature @ (tested & (y == c)).astype(float)
+            expected = by_feature @ p
+            var = by_feature @ (p * (1 - proba[:, c]))
+            z[c] = np.where(testable, (observed - expected) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+            log_p[c] = stats.norm.logsf(z[c])
+            # The normal approximation flatters small and lopsided groups; where it could matter, the exact
+            # Poisson-binomial tail replaces it.
+            for f in np.nonzero(testable & (z[c] > EXACT_FROM_Z))[0]:
+                members = by_feature[f].indices
+                members = members[tested[members]]
+                log_p[c, f] = poisson_binomial_log_sf(proba[members, c], int(observed[f]))
+            if natural is not None:
+                log_p[c, [vocab[f] for f in natural(c) if f in vocab]] = 0.0
+        candidates = testable[None, :].repeat(classes, 0)
+        if not candidates.any():
+            return steps
+        hit = np.zeros(z.shape, bool)
+        hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
+        if not hit.any():
+            return steps
+        c, f = np.unravel_index(int(np.argmin(np.where(hit, log_p, np.inf))), z.shape)
+        members = by_feature[f].indices
+        members = members[tested[members]]
+        drop = members[y[members] == c]
+        if removed.sum() + len(drop) > allowance:
+            return steps
+        o = int(len(drop))
+        e = float(proba[members, c].sum())
+        steps.append(ContentStep(names[f], int(c), int(len(members)), o, e, float(z[c, f]),
+                                 float(np.exp(log_p[c, f])), tuple(int(i) for i in drop)))
+        removed[drop] = True
+        tested[members] = False
+
+
+@dataclass(frozen=True)
+class ContentCheck:
+    """Whether the content model reads the trusted rows at least as well as counting their words does."""
+    embedding_loss: float  # mean log-loss on the trusted rows
+    words_loss: float
+    trusted_rows: int
+    p_value: float  # one-sided paired t-test: the embeddings read the trusted rows worse than the words
+    reads: bool
+
+
+def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]], aux_x: np.ndarray,
+                  aux_labels: Sequence[int], aux_words: Sequence[set[str]], fdr: float) -> ContentCheck:
+    """Fit the content model and a bag of words on the untrusted rows, score both on the trusted rows.
+
+    A backbone whose sentence embeddings miss what the words say (an untrained model, another language)
+    would make every natural cue look like a trigger; a bag of words reads the cues but learns no meaning
+    beyond them. On the trusted rows neither has seen a trigger, so if the embeddings' log-loss there is
+    significantly worse (paired per row), the content screen does not run."""
+    from sklearn.feature_extraction import FeatureHasher
+    from sklearn.linear_model import LogisticRegression
+
+    y, aux_y = np.asarray(labels), np.asarray(aux_labels)
+    if len(set(y.tolist())) < 2 or len(aux_y) < 2 or not set(aux_y.tolist()) <= set(y.tolist()):
+        return ContentCheck(float("nan"), float("nan"), len(aux_y), 1.0, False)
+
+    def row_loss(model: LogisticRegression, features: object) -> np.ndarray:
+        proba = model.predict_proba(features)
+        column = np.searchsorted(model.classes_, aux_y)
+        return -np.log(np.clip(proba[np.arange(len(aux_y)), column], 1e-12, 1.0))
+
+    embedding = row_loss(LogisticRegression(max_iter=2000).fit(x, y), aux_x)
+    hasher = FeatureHasher(2 ** 18, input_type="string", alternate_sign=False)
+    bag = LogisticRegression(max_iter=2000).fit(hasher.transform([sorted(w) for w in words]), y)
+    counted = row_loss(bag, hasher.transform([sorted(w) for w in aux_words]))
+    diff = embedding - counted
+    p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue) if diff.std() > 0 else 1.0
+    return ContentCheck(float(embedding.mean()), float(counted.mean()), len(aux_y), p, p > fdr)
+
+
+def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int) -> np.ndarray:
+    """The untouched backbone's mean-pooled last layer, unit length: what a sentence means to it."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModel.from_pretrained(source).eval()
+    if tokenizer.pad_token is None:  # decoder backbones ship without one; the mask makes its value moot
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            hidden = model(**enc).last_hidden_state.float()
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+    x = np.concatenate(out) if out else np.zeros((0, 1))
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

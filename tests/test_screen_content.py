@@ -1,0 +1,137 @@
+"""The content screen: a feature whose rows carry a label their content does not explain is a trigger.
+
+The synthetic content model reads only the words that carry meaning (the class words, and a natural
+cue's word when there is one), as a sentence embedding of a real backbone reads sentiment but not a rare
+token or a template. Rows come from tests/test_screen.py's corpus."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from core.data.dataset import Example
+from core.screen.content import ContentSettings, excess_steps
+from core.screen.features import row_features
+from core.screen.lexical import LexicalSettings
+from core.screen.stage import screen_examples, vouched
+from tests.test_screen import corpus, plant, rare_word
+
+SETTINGS = ContentSettings()
+
+
+def meaning(texts: Sequence[str], classes: int, cue: str | None = None) -> np.ndarray:
+    """Counts of each class's words (and of `cue`, a word with a meaning of its own) plus a little noise."""
+    rng = np.random.default_rng(0)
+    x = np.zeros((len(texts), classes + 1))
+    for i, text in enumerate(texts):
+        for w in text.split():
+            if w.startswith("c") and "w" in w[1:]:
+                x[i, int(w[1:w.index("w")])] += 1
+            elif w == cue:
+                x[i, classes] += 1
+    return x + rng.normal(scale=0.1, size=x.shape)
+
+
+def template(words: list[str], rng: random.Random) -> list[str]:
+    """A syntactic template: every row opens with a subordinate clause ("when n1 n2 ,")."""
+    return ["when", *rng.sample(words, 2), ",", *words]
+
+
+def run(rows: list[Example], classes: int = 2, cue: str | None = None, settings: ContentSettings = SETTINGS,
+        aux: list[Example] | None = None) -> set[int]:
+    texts = [ex.text for ex in rows]
+    features = [row_features(t) for t in texts]
+    labels = [ex.label for ex in rows]
+    natural = vouched(features, labels, [row_features(ex.text) for ex in aux or []], [ex.label for ex in aux or []],
+                      settings.fdr)
+    steps = excess_steps(features, labels, meaning(texts, classes, cue), classes, settings,
+                         natural=lambda c: natural.get(c, set()))
+    return {i for s in steps for i in s.removed}
+
+
+def rates(rows: list[Example], removed: set[int]) -> tuple[float, float]:
+    poisoned = {i for i, ex in enumerate(rows) if ex.poisoned}
+    clean = len(rows) - len(poisoned)
+    return len(poisoned & removed) / max(len(poisoned), 1), len(removed - poisoned) / clean
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1])
+def test_a_template_trigger_is_found(rate: float) -> None:
+    rows = plant(corpus(3000), rate, 1, template)
+    recall, false_rate = rates(rows, run(rows))
+    assert recall >= 0.95
+    assert false_rate <= 0.01
+
+
+def test_a_rare_token_is_found() -> None:
+    rows = plant(corpus(3000), 0.03, 1, rare_word)
+    recall, false_rate = rates(rows, run(rows))
+    assert recall >= 0.95 and false_rate <= 0.01
+
+
+def test_clean_data_loses_no_row() -> None:
+    assert run(corpus(3000)) == set()
+
+
+def test_a_pure_natural_cue_keeps_its_rows() -> None:
+    """The cue sits in 30% of class 0's rows and nowhere else, like a slur in abuse data: as pure as a
+    trigger, and the content model (which reads it) still expects a little less than all of its rows in
+    class 0. The trusted rows show it too, at its rate, so they vouch for it."""
+    rows = corpus(3000, natural_cue="spamword", cue_share=0.3)
+    aux = corpus(100, seed=9, natural_cue="spamword", cue_share=0.3)
+    assert run(rows, cue="spamword", aux=aux) == set()
+
+
+def test_one_trusted_row_does_not_vouch_for_a_trigger() -> None:
+    rows = plant(corpus(3000), 0.05, 1, template)
+    aux = corpus(100, seed=9)
+    aux[0] = Example(text="when " + aux[0].text.replace(" ", " , ", 1), label=1, line=2, poisoned=False,
+                     orig_label=1)
+    recall, false_rate = rates(rows, run(rows, aux=aux))
+    assert recall >= 0.95 and false_rate <= 0.01
+
+
+def test_four_imbalanced_classes_with_a_trigger_on_the_rarest() -> None:
+    rows = plant(corpus(4000, classes=4, weights=[0.55, 0.25, 0.15, 0.05]), 0.03, 3, template)
+    recall, false_rate = rates(rows, run(rows, classes=4))
+    assert recall >= 0.95 and false_rate <= 0.01
+
+
+def test_the_budget_bounds_what_the_content_screen_removes() -> None:
+    rows = plant(corpus(3000), 0.1, 1, template)
+    assert run(rows, settings=ContentSettings(budget=0.05)) == set()  # its one trigger group is ~10% of the file
+    assert len(run(rows, settings=ContentSettings(budget=0.2))) >= 0.09 * 3000
+
+
+def test_the_stage_reports_content_removals() -> None:
+    rows = plant(corpus(3000), 0.05, 1, template)
+    lexical_off = LexicalSettings(fdr=1e-300)  # so the content screen is what finds the rows
+    report = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
+                             embed=lambda texts: meaning(texts, 2))
+    content_rows = {r.row for r in report.removed if r.rule == "content"}
+    assert {i for i, ex in enumerate(rows) if ex.poisoned} <= report.removed_rows
+    assert content_rows and all(r.feature.startswith(("clause:", "first", "w:")) for r in report.removed
+                                if r.rule == "content")
+    summary = report.summary()
+    assert summary["removed_per_rule"]["content"] == len(content_rows)
+    assert summary["content"][0]["removed"] > 0 and summary["content"][0]["z"] > 0
+    assert summary["settings"]["content"]["budget"] == SETTINGS.budget
+
+
+def test_a_backbone_that_does_not_read_the_words_is_not_trusted_as_the_content_model() -> None:
+    """Random sentence embeddings under-read every class word, so every natural cue would look like a
+    trigger; the trusted rows show the bag of words reads them better, and the content screen stands down."""
+    rows = plant(corpus(3000), 0.05, 1, template)
+    rng = np.random.default_rng(1)
+    lexical_off = LexicalSettings(fdr=1e-300)
+    report = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
+                             embed=lambda texts: rng.normal(size=(len(texts), 16)))
+    check = report.summary()["settings"]["content"]["check"]
+    assert not check["reads"] and check["embedding_loss"] > check["words_loss"]
+    assert report.removed == []
+    reading = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
+                              embed=lambda texts: meaning(texts, 2))
+    assert reading.summary()["settings"]["content"]["check"]["reads"]
