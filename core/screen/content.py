@@ -91,16 +91,11 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
     (not tested for c)."""
     y = np.asarray(labels, dtype=int)
     n = len(y)
-    vocab: dict[str, int] = {}
-    ri, ci = [], []
-    for i, fs in enumerate(features):
-        for f in fs:
-            ri.append(i)
-            ci.append(vocab.setdefault(f, len(vocab)))
-    if not vocab:
+    names, by_feature = _incidence(features)
+    if not names:
         return []
-    names = list(vocab)
-    by_feature = sparse.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(n, len(vocab))).T.tocsr()
+    index = {f: j for j, f in enumerate(names)}
+    vouched = [[index[f] for f in natural(c) if f in index] if natural else [] for c in range(classes)]
     tested = np.ones(n, bool)
     removed = np.zeros(n, bool)
     allowance = int(settings.budget * n)
@@ -111,26 +106,10 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
         proba[keep] = content_probabilities(x[keep], y[keep], classes, settings.folds, settings.seed)
         rows_with = by_feature @ tested.astype(float)
         testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
-        log_p = np.zeros((classes, len(vocab)))
-        z = np.zeros((classes, len(vocab)))
-        for c in range(classes):
-            p = proba[:, c] * tested
-            observed = by_feature @ (tested & (y == c)).astype(float)
-            expected = by_feature @ p
-            var = by_feature @ (p * (1 - proba[:, c]))
-            z[c] = np.where(testable, (observed - expected) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
-            log_p[c] = stats.norm.logsf(z[c])
-            # The normal approximation flatters small and lopsided groups; where it could matter, the exact
-            # Poisson-binomial tail replaces it.
-            for f in np.nonzero(testable & (z[c] > EXACT_FROM_Z))[0]:
-                members = by_feature[f].indices
-                members = members[tested[members]]
-                log_p[c, f] = poisson_binomial_log_sf(proba[members, c], int(observed[f]))
-            if natural is not None:
-                log_p[c, [vocab[f] for f in natural(c) if f in vocab]] = 0.0
-        candidates = testable[None, :].repeat(classes, 0)
-        if not candidates.any():
+        if not testable.any():
             return steps
+        z, log_p = _excess_tests(by_feature, proba, y, tested, testable, vouched)
+        candidates = np.broadcast_to(testable, z.shape)
         hit = np.zeros(z.shape, bool)
         hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
         if not hit.any():
@@ -141,12 +120,46 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
         drop = members[y[members] == c]
         if removed.sum() + len(drop) > allowance:
             return steps
-        o = int(len(drop))
-        e = float(proba[members, c].sum())
-        steps.append(ContentStep(names[f], int(c), int(len(members)), o, e, float(z[c, f]),
-                                 float(np.exp(log_p[c, f])), tuple(int(i) for i in drop)))
+        steps.append(ContentStep(names[f], int(c), int(len(members)), int(len(drop)),
+                                 float(proba[members, c].sum()), float(z[c, f]), float(np.exp(log_p[c, f])),
+                                 tuple(int(i) for i in drop)))
         removed[drop] = True
         tested[members] = False
+
+
+def _incidence(features: Sequence[set[str]]) -> tuple[list[str], sparse.csr_matrix]:
+    """The feature names and a (feature x row) 0/1 matrix."""
+    vocab: dict[str, int] = {}
+    ri, ci = [], []
+    for i, fs in enumerate(features):
+        for f in fs:
+            ri.append(i)
+            ci.append(vocab.setdefault(f, len(vocab)))
+    matrix = sparse.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(len(features), len(vocab))).T.tocsr()
+    return list(vocab), matrix
+
+
+def _excess_tests(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarray, tested: np.ndarray,
+                  testable: np.ndarray, vouched: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per (class, feature) over the tested rows: z of the count labelled c against the content model's
+    expectation, and the one-sided log p-value (1 where untestable or vouched for)."""
+    classes = proba.shape[1]
+    z = np.zeros((classes, by_feature.shape[0]))
+    log_p = np.zeros_like(z)
+    for c in range(classes):
+        p = proba[:, c] * tested
+        observed = by_feature @ (tested & (y == c)).astype(float)
+        var = by_feature @ (p * (1 - proba[:, c]))
+        z[c] = np.where(testable, (observed - by_feature @ p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+        log_p[c] = np.where(testable, stats.norm.logsf(z[c]), 0.0)
+        # The normal approximation flatters small and lopsided groups; where it could matter, the exact
+        # Poisson-binomial tail replaces it.
+        for f in np.nonzero(testable & (z[c] > EXACT_FROM_Z))[0]:
+            members = by_feature[f].indices
+            members = members[tested[members]]
+            log_p[c, f] = poisson_binomial_log_sf(proba[members, c], int(observed[f]))
+        log_p[c, vouched[c]] = 0.0
+    return z, log_p
 
 
 @dataclass(frozen=True)
