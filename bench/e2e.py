@@ -211,10 +211,19 @@ def _order(cells: set[tuple[str, float]]) -> list[tuple[str, float]]:
     return sorted(cells, key=lambda t: (list(PROBE).index(t[0]), t[1]))
 
 
-def table(records: dict[str, dict[str, Any]], tag: str = "v1") -> str:
+def table(records: dict[str, dict[str, Any]], tag: str = "v1", base: str | None = None) -> str:
     """Markdown: per attack and rate, the default job beside the backdoor-free model (CACC / ASR on the
-    attack's probe), the gaps the goal bounds, the screen's recall and false removals, and wall time."""
+    attack's probe), the gaps the goal bounds, the screen's recall and false removals, and wall time.
+    With `base`, that tag's runs (same seed) fill the arms `tag` did not run; such default rows are marked."""
     by = {(r["attack"], r["rate"], r["arm"]): r for r in records.values() if r["tag"] == tag}
+    borrowed: set[tuple[str, float]] = set()
+    if base:
+        for r in records.values():
+            key = (r["attack"], r["rate"], r["arm"])
+            if r["tag"] == base and key not in by:
+                by[key] = r
+                if r["arm"] == "default":
+                    borrowed.add(key[:2])
     out = ["| attack | rate | backdoor-free CACC / ASR | default CACC / ASR | CACC gap | ASR over floor | "
            "screen recall / false removals | default wall (min) |", "|" + " --- |" * 8]
     for attack, rate in _order({(a, r) for a, r, _ in by}):
@@ -228,7 +237,8 @@ def table(records: dict[str, dict[str, Any]], tag: str = "v1") -> str:
         s = (job or {}).get("screen") or {}
         scr = f"{pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))}" if s else "-"
         wall = f"{job['wall_seconds'] / 60:.0f}" if job else "-"
-        out.append(f"| {attack} | {rate:g} | {f} | {j} | {gap} | {over} | {scr} | {wall} |")
+        mark = f" ({base}: lexical screen only)" if (attack, rate) in borrowed else ""
+        out.append(f"| {attack}{mark} | {rate:g} | {f} | {j} | {gap} | {over} | {scr} | {wall} |")
     return "\n".join(out)
 
 
@@ -304,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tag", default="v1")
     t.add_argument("--seeds", help="comma-separated tags, one per seed: the per-seed table")
     t.add_argument("--methods", action="store_true", help="the methods-at-10%% table of --tag")
+    t.add_argument("--base", help="a tag (same seed) whose runs fill the arms --tag did not run")
     args = p.parse_args(argv)
     if args.cmd == "table":
         if args.seeds:
@@ -311,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.methods:
             print(methods_table(latest(), args.tag))
         else:
-            print(table(latest(), args.tag))
+            print(table(latest(), args.tag, args.base))
         return 0
     return run(args) if args.cmd == "run" else record(args)
 
