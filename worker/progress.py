@@ -85,10 +85,10 @@ class ProgressRecorder:
             self.per_epoch = [r for r in self.per_epoch if r.get("epoch") != ev.epoch] + [row]
             summary = ", ".join(f"{k}={v:.4g}" for k, v in (ev.metrics or {}).items()
                                 if isinstance(v, float))
+            if self.on_epoch is not None:  # first, so an epoch the job reports done is one another worker
+                self.on_epoch()  # could resume from (the engine saved its checkpoint before this event)
             self._write(("epoch", f"epoch {ev.epoch}/{self.state['total_epochs']} done"
                          + (f": {summary}" if summary else ""), row), per_epoch=True)
-            if self.on_epoch is not None:
-                self.on_epoch()
         else:  # log
             self._write(("message", ev.message or "", ev.metrics))
 
