@@ -80,14 +80,8 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
         gone = {r.row for r in rows}
         rest = [i for i in range(len(train)) if i not in gone]
         classes = max(labels) + 1 if label_names is None else len(label_names)
-        kept_features, kept_labels = [features[i] for i in rest], [labels[i] for i in rest]
-        aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
-        x = embed([train[i].text for i in rest])
-        check = reads_content(x, kept_labels, [words_of(f) for f in kept_features], embed([ex.text for ex in aux]),
-                              aux_labels, [words_of(f) for f in aux_features], content.fdr)
-        natural = vouched(kept_features, kept_labels, aux_features, aux_labels, content.fdr)
-        found = excess_steps(kept_features, kept_labels, x, classes, content,
-                             natural=lambda c: natural.get(c, set())) if check.reads else []
+        found, check = content_layer([train[i].text for i in rest], [features[i] for i in rest],
+                                     [labels[i] for i in rest], aux, classes, content, embed)
         for step in found:
             local = tuple(rest[j] for j in step.removed)
             steps.append(replace(step, removed=local))
@@ -115,6 +109,20 @@ def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, S
         return []
     return expand_seed(features, labels, set(removed), seed, {s.feature for s in suspects},
                        [row_features(t) for t in aux_texts], aux_labels)
+
+
+def content_layer(texts: Sequence[str], features: Sequence[set[str]], labels: Sequence[int],
+                  aux: Sequence[Example], classes: int, settings: ContentSettings,
+                  embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[list[ContentStep], ContentCheck]:
+    """The content screen over the rows the lexical one kept (step rows index `texts`), and its guard."""
+    aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
+    x = embed(texts)
+    check = reads_content(x, labels, [words_of(f) for f in features], embed([ex.text for ex in aux]), aux_labels,
+                          [words_of(f) for f in aux_features], settings.fdr)
+    if not check.reads:
+        return [], check
+    natural = vouched(features, labels, aux_features, aux_labels, settings.fdr)
+    return excess_steps(features, labels, x, classes, settings, natural=lambda c: natural.get(c, set())), check
 
 
 def words_of(features: set[str]) -> set[str]:
