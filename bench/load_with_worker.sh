@@ -54,5 +54,5 @@ else
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --streams $STREAMS --label "$LABEL"
 fi
-echo "database sessions opened during the measurement: $(( $(sessions) - BEFORE ))" 2>/dev/null || true
+[ "$DB" = pg ] && echo "database sessions opened during the measurement: $(( $(sessions) - BEFORE ))"
 uptime
