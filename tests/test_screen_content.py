@@ -135,3 +135,11 @@ def test_a_backbone_that_does_not_read_the_words_is_not_trusted_as_the_content_m
     reading = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
                               embed=lambda texts: meaning(texts, 2))
     assert reading.summary()["settings"]["content"]["check"]["reads"]
+
+
+def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:
+    """With one row in a class no fold can fit a content model that knows it; the priors alone would
+    turn the test into a purity test, which the lexical layer already is."""
+    rows = plant(corpus(600), 0.1, 1, template)
+    rows.append(Example(text="when a lone row , of its own class", label=2, line=999, poisoned=False, orig_label=2))
+    assert run(rows, classes=3) == set()

@@ -67,16 +67,18 @@ def poisson_binomial_log_sf(p: np.ndarray, k: int) -> float:
     return float(np.log(max(pmf[k:].sum(), 1e-300)))
 
 
-def content_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int) -> np.ndarray:
-    """Cross-fitted P(class | embedding) for every row; rows of a class too small to split get its prior."""
+def content_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, folds: int,
+                          seed: int) -> np.ndarray | None:
+    """Cross-fitted P(class | embedding) for every row (columns of absent classes 0); None when the rows
+    cannot be split so that every fold holds every class present (a class with a single row)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(labels, minlength=classes)
     folds = int(min(folds, counts[counts > 0].min()))
-    proba = np.tile(counts / counts.sum(), (len(labels), 1))
     if folds < 2 or (counts > 0).sum() < 2:
-        return proba
+        return None
+    proba = np.zeros((len(labels), classes))
     present = np.nonzero(counts)[0]
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
         model = LogisticRegression(max_iter=2000).fit(x[fit], labels[fit])
@@ -102,8 +104,11 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
     steps: list[ContentStep] = []
     while True:
         keep = np.nonzero(~removed)[0]
+        fitted = content_probabilities(x[keep], y[keep], classes, settings.folds, settings.seed)
+        if fitted is None:  # no content model, no test: priors alone would make it a purity test
+            return steps
         proba = np.zeros((n, classes))
-        proba[keep] = content_probabilities(x[keep], y[keep], classes, settings.folds, settings.seed)
+        proba[keep] = fitted
         rows_with = by_feature @ tested.astype(float)
         testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
         if not testable.any():
