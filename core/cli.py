@@ -242,7 +242,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     from core.data.dataset import check_aux, load_examples
     from core.data.labels import LabelMap
     from core.data.table import read_table
-    from core.screen.stage import content_settings_from, embedder, screen_examples, settings_from
+    from core.screen.stage import screen_with
 
     sets = dict(args.set)
     unknown = sorted(k for k in sets if not k.startswith("screen_"))
@@ -260,9 +260,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     train = load_examples(args.train, label_map, role="train", **cols)
     aux = load_examples(args.aux, label_map, role="aux", **cols)
     check_aux(aux, label_map, config.min_aux_per_class, str(args.aux))
-    content = content_settings_from(config)
-    report = screen_examples(train, aux, settings_from(config), label_map.names, content,
-                             embedder(config) if content is not None else None)
+    report = screen_with(config, train, aux, label_map.names)
     json_path, tsv_path = report.write(args.out)
     summary = report.summary(max_suspects=10)
     print(json.dumps({k: summary[k] for k in ("rows_in", "rows_removed", "removed_per_rule", "seconds")}

@@ -120,8 +120,7 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
         if not hit.any():
             return steps
         c, f = np.unravel_index(int(np.argmin(np.where(hit, log_p, np.inf))), z.shape)
-        members = by_feature[f].indices
-        members = members[tested[members]]
+        members = _tested_rows(by_feature, f, tested)
         drop = members[y[members] == c]
         if removed.sum() + len(drop) > allowance:
             return steps
@@ -144,6 +143,12 @@ def _incidence(features: Sequence[set[str]]) -> tuple[list[str], sparse.csr_matr
     return list(vocab), matrix
 
 
+def _tested_rows(by_feature: sparse.csr_matrix, feature: int, tested: np.ndarray) -> np.ndarray:
+    """The rows carrying `feature` that are still in the tests."""
+    rows = by_feature[feature].indices
+    return rows[tested[rows]]
+
+
 def _excess_tests(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarray, tested: np.ndarray,
                   testable: np.ndarray, vouched: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Per (class, feature) over the tested rows: z of the count labelled c against the content model's
@@ -160,9 +165,7 @@ def _excess_tests(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarra
         # The normal approximation flatters small and lopsided groups; where it could matter, the exact
         # Poisson-binomial tail replaces it.
         for f in np.nonzero(testable & (z[c] > EXACT_FROM_Z))[0]:
-            members = by_feature[f].indices
-            members = members[tested[members]]
-            log_p[c, f] = poisson_binomial_log_sf(proba[members, c], int(observed[f]))
+            log_p[c, f] = poisson_binomial_log_sf(proba[_tested_rows(by_feature, f, tested), c], int(observed[f]))
         log_p[c, vouched[c]] = 0.0
     return z, log_p
 

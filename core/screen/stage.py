@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from core.data.dataset import Example
 from core.errors import ConfigError
@@ -42,6 +44,14 @@ def embedder(config: Any) -> Callable[[Sequence[str]], np.ndarray]:
 
     source = resolve_model_source(config.model)
     return lambda texts: sentence_embeddings(source, texts, config.eval_batch_size, config.max_length)
+
+
+def screen_with(config: Any, train: Sequence[Example], aux: Sequence[Example],
+                label_names: Sequence[str] | None = None) -> ScreenReport:
+    """`screen_examples` with a TrainConfig's lexical and content settings and the job's backbone."""
+    content = content_settings_from(config)
+    return screen_examples(train, aux, settings_from(config), label_names, content,
+                           embedder(config) if content is not None else None)
 
 
 def learned_settings_from(config: Any) -> LearnedSettings:
@@ -89,9 +99,9 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
             rows += [RemovedRow(row=i, line=train[i].line, rule="content", feature=step.feature, score=score,
                                 text=train[i].text, label=name(train[i].label)) for i in local]
     rows.sort(key=lambda r: r.row)
-    report_settings = asdict(settings) | ({"content": asdict(content)} if content is not None and embed else {})
-    if check is not None:
-        report_settings["content"]["check"] = asdict(check)
+    report_settings = asdict(settings)
+    if check is not None:  # the content layer ran
+        report_settings["content"] = {**asdict(content), "check": asdict(check)}
     report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=report_settings,
                           seconds=time.perf_counter() - started, expansions=expansions,
                           label_names=tuple(label_names) if label_names is not None else None, content=steps)
@@ -116,8 +126,9 @@ def content_layer(texts: Sequence[str], features: Sequence[set[str]], labels: Se
                   embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[list[ContentStep], ContentCheck]:
     """The content screen over the rows the lexical one kept (step rows index `texts`), and its guard."""
     aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
-    x = embed(texts)
-    check = reads_content(x, labels, [words_of(f) for f in features], embed([ex.text for ex in aux]), aux_labels,
+    both = embed([*texts, *(ex.text for ex in aux)])  # one pass: each call loads the backbone
+    x, aux_x = both[:len(texts)], both[len(texts):]
+    check = reads_content(x, labels, [words_of(f) for f in features], aux_x, aux_labels,
                           [words_of(f) for f in aux_features], settings.fdr)
     if not check.reads:
         return [], check
@@ -136,10 +147,6 @@ def vouched(features: Sequence[set[str]], labels: Sequence[int], aux_features: S
     under-reads (a pure word in abuse or spam data) is one of them; a planted word is rarer in clean rows.
     Words only, and two rows: a template's shape, or a phrase around a function word, turns up naturally
     in a trusted row or two, so such evidence would also clear a syntactic trigger."""
-    from collections import Counter
-
-    from scipy import stats
-
     n, n_aux = len(labels), len(aux_labels)
     untrusted = Counter((f, y) for fs, y in zip(features, labels, strict=True) for f in fs if is_word(f))
     in_aux = Counter((f, y) for fs, y in zip(aux_features, aux_labels, strict=True) for f in fs if is_word(f))

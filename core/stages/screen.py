@@ -27,7 +27,7 @@ def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: Pro
     It checks suspects against the trusted aux file's rows (a --select file is for choosing the epoch)."""
     if not config.screen:
         return None
-    from core.screen.stage import content_settings_from, embedder, kept, screen_examples, settings_from
+    from core.screen.stage import kept, screen_with
 
     saved = out_dir / "screen" / "screen.json"
     if resume and saved.is_file():  # the screen is deterministic: a resumed job takes what it found
@@ -37,11 +37,9 @@ def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: Pro
         return summary
 
     emit(ProgressEvent(kind="phase", phase="screening", message="screening the training rows"))
-    content = content_settings_from(config)
-    if content is not None:
+    if config.screen_content:
         emit(ProgressEvent(kind="log", phase="screening", message="content screen: embedding the training rows"))
-    report = screen_examples(data.train, data.trusted, settings_from(config), data.label_map.names, content,
-                             embedder(config) if content is not None else None)
+    report = screen_with(config, data.train, data.trusted, data.label_map.names)
     if config.screen_learned:
         from core.models.backbones import resolve_model_source
         from core.screen.learned import backbone_bait
