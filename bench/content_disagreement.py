@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.paraphrase_signals import DATA, read  # noqa: E402
 from core.screen.features import row_features  # noqa: E402
+from core.screen.lexical import benjamini_hochberg  # noqa: E402
 
 CACHE = ROOT / "bench" / "runs" / "pilot" / "embeddings.npz"
 CLEAN = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
@@ -57,13 +58,7 @@ def embeddings(texts: list[str]) -> np.ndarray:
 
 
 def bh(p: np.ndarray, q: float) -> np.ndarray:
-    order = np.argsort(p)
-    m = len(p)
-    passed = p[order] <= q * np.arange(1, m + 1) / m
-    k = int(np.nonzero(passed)[0].max()) + 1 if passed.any() else 0
-    out = np.zeros(m, bool)
-    out[order[:k]] = True
-    return out
+    return np.array(benjamini_hochberg(p.tolist(), q), dtype=bool)
 
 
 def excess(names: list[str]) -> int:

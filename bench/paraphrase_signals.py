@@ -31,11 +31,11 @@ def read(path: Path) -> list[dict[str, str]]:
 
 
 def embed(texts: list[str]) -> np.ndarray:
-    """The pilot's frozen mean-pooled embeddings, unit length (cosine neighbours)."""
-    from bench.learned_screen_pilot import frozen_embeddings
+    """Frozen mean-pooled MiniLM embeddings, unit length: the content screen's, at max_length 128."""
+    from core.models.backbones import resolve_model_source
+    from core.screen.content import sentence_embeddings
 
-    x = frozen_embeddings(texts)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return sentence_embeddings(resolve_model_source("minilm"), texts, 128, 128)
 
 
 def report(name: str, score: np.ndarray, poisoned: np.ndarray, target_rows: np.ndarray) -> None:
