@@ -34,10 +34,15 @@ POOL_SIZE, MAX_OVERFLOW = 20, 30
 READ_POOL_SIZE, READ_MAX_OVERFLOW = 40, 10
 
 
-def _sqlite_engine(url: str) -> Engine:
-    in_memory = url in ("sqlite://", "sqlite:///:memory:")  # one shared connection, no pool to size
-    pool = {} if in_memory else {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW}
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+def _in_memory(url: str) -> bool:
+    return url in ("sqlite://", "sqlite:///:memory:")
+
+
+def _sqlite_engine(url: str, pool_size: int = POOL_SIZE, max_overflow: int = MAX_OVERFLOW,
+                   **options: Any) -> Engine:
+    # in memory: one shared connection, no pool to size
+    pool = {} if _in_memory(url) else {"pool_size": pool_size, "max_overflow": max_overflow}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool, **options)
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
 
@@ -55,8 +60,10 @@ def get_read_engine(url: str) -> Engine:
     """Autocommit and no pre-ping: a single read statement costs one round trip instead of four (ping,
     BEGIN, statement, ROLLBACK). A dropped connection surfaces as `connection_invalidated` on the
     statement, and `read_once_more` repeats it on a fresh one."""
-    if url.startswith("sqlite"):  # a file: nothing to ping, no server round trips to save
+    if _in_memory(url):  # the one shared connection holds the data
         return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    if url.startswith("sqlite"):  # a file: nothing to ping; a pool per thread, as for a server
+        return _sqlite_engine(url, READ_POOL_SIZE, READ_MAX_OVERFLOW, isolation_level="AUTOCOMMIT")
     return create_engine(url, isolation_level="AUTOCOMMIT", pool_size=READ_POOL_SIZE,
                          max_overflow=READ_MAX_OVERFLOW)
 
