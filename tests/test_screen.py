@@ -169,9 +169,9 @@ def test_kept_rows_and_report_files(tmp_path: Path) -> None:
     assert set(first) >= {"row", "line", "rule", "score"}
     assert train[first["row"]].line == first["line"]
     lines = tsv_path.read_text().splitlines()
-    assert lines[0].split("\t") == ["row", "line", "rule", "feature", "score", "text", "label"]
+    assert lines[0].split("\t") == ["row", "line", "rule", "feature", "score", "text", "label", "relabelled"]
     assert len(lines) == len(report.removed) + 1
-    assert lines[1].split("\t")[-1] == "pos"
+    assert lines[1].split("\t")[-2:] == ["pos", ""]  # not a counter-example: the screen's default
 
 
 def test_empty_training_set_is_refused() -> None:

@@ -143,3 +143,37 @@ def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:
     rows = plant(corpus(600), 0.1, 1, template)
     rows.append(Example(text="when a lone row , of its own class", label=2, line=999, poisoned=False, orig_label=2))
     assert run(rows, classes=3) == set()
+
+
+def test_removed_rows_that_read_as_another_class_come_back_as_counter_examples(tmp_path) -> None:
+    """Mix poisoning: the trigger's rows from class 0 read as class 0 and return with it; those that were
+    class 1 already read as class 1 and stay out (back in, they would teach the trigger again)."""
+    import json
+
+    from core.screen.stage import kept, saved_training_rows
+
+    rows = plant(corpus(3000), 0.05, 1, template)
+    lexical_off = LexicalSettings(fdr=1e-300)
+    report = screen_examples(rows, corpus(100, seed=9), lexical_off, ["neg", "pos"],
+                             ContentSettings(relabel=True), embed=lambda texts: meaning(texts, 2))
+    back = report.relabel
+    flipped = {i for i, ex in enumerate(rows) if ex.poisoned and ex.orig_label == 0}
+    already = {i for i, ex in enumerate(rows) if ex.poisoned and ex.orig_label == 1}
+    assert back and set(back) <= report.removed_rows
+    assert all(c == 0 for c in back.values())
+    assert len(flipped & set(back)) >= 0.7 * len(flipped)
+    assert len(already & set(back)) <= 0.3 * len(already)  # the synthetic rows read right ~3 times in 4
+
+    training = kept(rows, report)
+    assert len(training) == len(rows) - len(report.removed) + len(back)
+    assert sum(ex.poisoned and ex.label == 0 for ex in training) == len(back)
+    assert report.summary()["rows_relabelled"] == len(back)
+    _, tsv = report.write(tmp_path)
+    relabelled = [line.split("\t")[-1] for line in tsv.read_text().splitlines()[1:]]
+    assert relabelled.count("neg") == len(back) and set(relabelled) == {"neg", ""}
+    saved = json.loads((tmp_path / "screen.json").read_text())["removed"]
+    assert saved_training_rows(rows, saved, {"neg": 0, "pos": 1}) == training  # what a resumed job trains on
+
+    off = screen_examples(rows, corpus(100, seed=9), lexical_off, ["neg", "pos"], SETTINGS,
+                          embed=lambda texts: meaning(texts, 2))
+    assert off.relabel == {} and kept(rows, off) == [ex for i, ex in enumerate(rows) if i not in off.removed_rows]

@@ -40,6 +40,7 @@ class ContentSettings:
     budget: float = default_setting("screen_content_budget")
     folds: int = 5
     seed: int = default_setting("seed")
+    relabel: bool = default_setting("screen_relabel")
 
 
 @dataclass(frozen=True)

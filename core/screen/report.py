@@ -23,6 +23,7 @@ class RemovedRow:
     score: float
     text: str
     label: str
+    relabelled: str = ""  # the label the row goes back into training with (a counter-example), if any
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ScreenReport:
     expansions: list[Expansion] = field(default_factory=list)  # seed-and-expand, per seed class
     label_names: tuple[str, ...] | None = None  # class id -> the file's label, for reports
     content: list[ContentStep] = field(default_factory=list)  # the content screen's steps, in order
+    relabel: dict[int, int] = field(default_factory=dict)  # removed row -> class it trains with (counter-examples)
 
     def label(self, label_id: int) -> str | int:
         return self.label_names[label_id] if self.label_names is not None else label_id
@@ -55,6 +57,7 @@ class ScreenReport:
             "rows_in": self.rows_in,
             "rows_removed": len(self.removed),
             "rows_kept": self.rows_in - len(self.removed),
+            "rows_relabelled": len(self.relabel),  # removed rows back in training as counter-examples
             "removed_per_rule": per_rule,
             "suspects": [suspect_dict(s, self.label(s.label)) for s in self.suspects[:max_suspects]],
             "suspects_total": len(self.suspects),
@@ -79,7 +82,8 @@ class ScreenReport:
         out_dir.mkdir(parents=True, exist_ok=True)
         payload = {**self.summary(max_suspects=len(self.suspects)),
                    "removed": [{"row": r.row, "line": r.line, "rule": r.rule, "feature": r.feature,
-                                "score": round(r.score, 3)} for r in self.removed]}
+                                "score": round(r.score, 3), **({"relabelled": r.relabelled} if r.relabelled else {})}
+                               for r in self.removed]}
         json_path = out_dir / "screen.json"
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
         tsv_path = out_dir / "removed.tsv"
@@ -87,7 +91,7 @@ class ScreenReport:
         return json_path, tsv_path
 
 
-REMOVED_COLUMNS = ("row", "line", "rule", "feature", "score", "text", "label")
+REMOVED_COLUMNS = ("row", "line", "rule", "feature", "score", "text", "label", "relabelled")
 
 
 def write_removed_tsv(path: Path, removed: list[RemovedRow]) -> None:
@@ -96,7 +100,7 @@ def write_removed_tsv(path: Path, removed: list[RemovedRow]) -> None:
         writer.writerow(REMOVED_COLUMNS)
         for r in removed:
             writer.writerow([r.row, "" if r.line is None else r.line, r.rule, r.feature, f"{r.score:.3f}",
-                             r.text, r.label])
+                             r.text, r.label, r.relabelled])
 
 
 def suspect_dict(s: Suspect, label_name: Any = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from core.screen.expand import Expansion, expand_seed
 from core.screen.features import is_word, row_features
 from core.screen.learned import LearnedSettings, bait_clusters
 from core.screen.lexical import LexicalSettings, Suspect, choose_removals, find_suspects
+from core.screen.relabel import counter_examples
 from core.screen.report import RemovedRow, ScreenReport
 
 
@@ -34,7 +35,7 @@ def content_settings_from(config: Any) -> ContentSettings | None:
     if not config.screen_content:
         return None
     return ContentSettings(fdr=config.screen_fdr, min_rows=config.screen_min_rows,
-                           budget=config.screen_content_budget, seed=config.seed)
+                           budget=config.screen_content_budget, seed=config.seed, relabel=config.screen_relabel)
 
 
 def embedder(config: Any) -> Callable[[Sequence[str]], np.ndarray]:
@@ -86,25 +87,32 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
                  for i, margin in e.added.items()]
     steps: list[ContentStep] = []
     check: ContentCheck | None = None
+    relabel: dict[int, int] = {}
     if content is not None and embed is not None:
         gone = {r.row for r in rows}
         rest = [i for i in range(len(train)) if i not in gone]
         classes = max(labels) + 1 if label_names is None else len(label_names)
-        found, check = content_layer([train[i].text for i in rest], [features[i] for i in rest],
-                                     [labels[i] for i in rest], aux, classes, content, embed)
+        both = embed([*(ex.text for ex in train), *(ex.text for ex in aux)])  # one pass: each call loads the backbone
+        x, aux_x = both[:len(train)], both[len(train):]
+        found, check = content_layer(x[rest], [features[i] for i in rest], [labels[i] for i in rest], aux,
+                                     aux_x, classes, content)
         for step in found:
             local = tuple(rest[j] for j in step.removed)
             steps.append(replace(step, removed=local))
             score = -math.log10(max(step.p_value, 1e-300))
             rows += [RemovedRow(row=i, line=train[i].line, rule="content", feature=step.feature, score=score,
                                 text=train[i].text, label=name(train[i].label)) for i in local]
+        if content.relabel and check.reads:
+            relabel = relabelled(x, labels, sorted(r.row for r in rows))
+            rows = [replace(r, relabelled=name(relabel[r.row])) if r.row in relabel else r for r in rows]
     rows.sort(key=lambda r: r.row)
     report_settings = asdict(settings)
     if check is not None:  # the content layer ran
         report_settings["content"] = {**asdict(content), "check": asdict(check)}
     report = ScreenReport(rows_in=len(train), removed=rows, suspects=suspects, settings=report_settings,
                           seconds=time.perf_counter() - started, expansions=expansions,
-                          label_names=tuple(label_names) if label_names is not None else None, content=steps)
+                          label_names=tuple(label_names) if label_names is not None else None, content=steps,
+                          relabel=relabel)
     report.truth = against_truth(train, report.removed_rows)
     return report
 
@@ -121,13 +129,19 @@ def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, S
                        [row_features(t) for t in aux_texts], aux_labels)
 
 
-def content_layer(texts: Sequence[str], features: Sequence[set[str]], labels: Sequence[int],
-                  aux: Sequence[Example], classes: int, settings: ContentSettings,
-                  embed: Callable[[Sequence[str]], np.ndarray]) -> tuple[list[ContentStep], ContentCheck]:
-    """The content screen over the rows the lexical one kept (step rows index `texts`), and its guard."""
+def relabelled(x: np.ndarray, labels: Sequence[int], removed: list[int]) -> dict[int, int]:
+    """The removed rows that go back into training as counter-examples, with the class they read as."""
+    y = np.asarray(labels)
+    keep = np.ones(len(y), dtype=bool)
+    keep[removed] = False
+    return counter_examples(x[keep], y[keep], removed, x[removed], y[removed])
+
+
+def content_layer(x: np.ndarray, features: Sequence[set[str]], labels: Sequence[int], aux: Sequence[Example],
+                  aux_x: np.ndarray, classes: int, settings: ContentSettings) -> tuple[list[ContentStep], ContentCheck]:
+    """The content screen over the rows the lexical one kept (`x`: their embeddings; step rows index them),
+    and its guard."""
     aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
-    both = embed([*texts, *(ex.text for ex in aux)])  # one pass: each call loads the backbone
-    x, aux_x = both[:len(texts)], both[len(texts):]
     check = reads_content(x, labels, [words_of(f) for f in features], aux_x, aux_labels,
                           [words_of(f) for f in aux_features], settings.fdr)
     if not check.reads:
@@ -200,5 +214,17 @@ def add_learned(report: ScreenReport, train: Sequence[Example], trusted: Sequenc
 
 
 def kept(train: Sequence[Example], report: ScreenReport) -> list[Example]:
-    gone = report.removed_rows
-    return [ex for i, ex in enumerate(train) if i not in gone]
+    """The rows to train on, in file order: those the screen kept and its counter-examples, relabelled."""
+    return training_rows(train, report.removed_rows, report.relabel)
+
+
+def saved_training_rows(train: Sequence[Example], removed: Sequence[dict[str, Any]],
+                        label2id: dict[str, int]) -> list[Example]:
+    """`kept` from screen.json's `removed` entries (a resumed job)."""
+    relabel = {r["row"]: label2id[r["relabelled"]] for r in removed if r.get("relabelled")}
+    return training_rows(train, {r["row"] for r in removed}, relabel)
+
+
+def training_rows(train: Sequence[Example], removed: set[int], relabel: dict[int, int]) -> list[Example]:
+    return [replace(ex, label=relabel[i]) if i in relabel else ex for i, ex in enumerate(train)
+            if i not in removed or i in relabel]

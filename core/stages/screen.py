@@ -27,13 +27,12 @@ def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: Pro
     It checks suspects against the trusted aux file's rows (a --select file is for choosing the epoch)."""
     if not config.screen:
         return None
-    from core.screen.stage import kept, screen_with
+    from core.screen.stage import kept, saved_training_rows, screen_with
 
     saved = out_dir / "screen" / "screen.json"
     if resume and saved.is_file():  # the screen is deterministic: a resumed job takes what it found
         summary = json.loads(saved.read_text())
-        gone = {r["row"] for r in summary.pop("removed")}
-        data.train = [ex for i, ex in enumerate(data.train) if i not in gone]
+        data.train = saved_training_rows(data.train, summary.pop("removed"), data.label_map.label2id)
         return summary
 
     emit(ProgressEvent(kind="phase", phase="screening", message="screening the training rows"))
@@ -55,6 +54,7 @@ def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: Pro
         raise DataError("the screen removed every training row; nothing is left to train on "
                         "(screen: false trains on all rows)", role="train")
     emit(ProgressEvent(kind="log", phase="screening",
-                       message=f"screen removed {len(report.removed)} of {report.rows_in} rows",
+                       message=f"screen removed {len(report.removed)} of {report.rows_in} rows"
+                               + (f", {len(report.relabel)} back as counter-examples" if report.relabel else ""),
                        metrics={"screen": report.summary(max_suspects=5)}))
     return report.summary()
