@@ -210,22 +210,26 @@ def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]
     return ContentCheck(float(embedding.mean()), float(counted.mean()), len(aux_y), p, p > fdr)
 
 
-def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int) -> np.ndarray:
+def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int,
+                        device: str = "cpu") -> np.ndarray:
     """The untouched backbone's mean-pooled last layer, unit length: what a sentence means to it."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from core.training.device import resolve_device
+
+    dev = resolve_device(device)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModel.from_pretrained(source).eval()
+    model = AutoModel.from_pretrained(source).eval().to(dev)
     if tokenizer.pad_token is None:  # decoder backbones ship without one; the mask makes its value moot
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+                            max_length=max_length, return_tensors="pt").to(dev)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             hidden = model(**enc).last_hidden_state.float()
-            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy())
+            out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
     x = np.concatenate(out) if out else np.zeros((0, 1))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

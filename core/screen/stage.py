@@ -44,7 +44,8 @@ def embedder(config: Any) -> Callable[[Sequence[str]], np.ndarray]:
     from core.screen.content import sentence_embeddings
 
     source = resolve_model_source(config.model)
-    return lambda texts: sentence_embeddings(source, texts, config.eval_batch_size, config.max_length)
+    return lambda texts: sentence_embeddings(source, texts, config.eval_batch_size, config.max_length,
+                                             config.device)
 
 
 def screen_with(config: Any, train: Sequence[Example], aux: Sequence[Example],
