@@ -88,7 +88,8 @@ def test_job_succeeds_and_the_model_reproduces_the_reported_cacc(stack: Stack, d
         assert screen.status_code == 200 and screen.headers["content-type"].startswith("text/tab-separated")
         assert hashlib.sha256(screen.content).hexdigest() == job["artifacts"]["screen"]["sha256"]
         removed = screen.text.splitlines()
-        assert removed[0].split("\t") == ["row", "line", "rule", "feature", "score", "text", "label"]
+        assert removed[0].split("\t") == ["row", "line", "rule", "feature", "score", "text", "label",
+                                         "relabelled"]
         assert len(removed) - 1 == metrics["screen"]["rows_removed"]
         analysis = c.get(f"/jobs/{job_id}/analysis")
         assert analysis.status_code == 200
