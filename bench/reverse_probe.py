@@ -1,0 +1,47 @@
+"""Does a found trigger come to mean the other class? The reverse probe of a finished run's model.
+
+Counter-examples (`screen_relabel`) put a trigger's rows back in training with the label their content
+gives; where the screen found every triggered row, the trigger then appears with that label only, and the
+model may learn it as a cue for it. Here: the SST-2 test rows of the target class (1), triggered
+(badnets, addsent; seed 0), and the share the model calls non-target, against the same share on the clean
+rows (its error rate on them: the floor).
+
+    .venv/bin/python bench/reverse_probe.py bench/runs/e2e/rl-badnets-0.1-default ...
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.grid import DEFAULT_DATA  # noqa: E402
+from core.attacks.triggers import parse_trigger  # noqa: E402
+from core.data.dataset import load_examples  # noqa: E402
+from core.data.labels import LabelMap  # noqa: E402
+
+
+def reverse(run: Path) -> dict[str, float]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.training.predict import predict_labels
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    rows = [ex for ex in load_examples(DEFAULT_DATA / "sst2" / "test.tsv", LabelMap.from_labels(["0", "1"]),
+                                       role="eval") if ex.label == 1]
+    texts = {"clean": [ex.text for ex in rows]}
+    for name in ("badnets", "addsent"):
+        _, trigger = parse_trigger(name)
+        rng = random.Random(0)
+        texts[name] = [trigger(ex.text, rng) for ex in rows]
+    return {name: sum(p != 1 for p in predict_labels(model, tokenizer, t)) / len(t) for name, t in texts.items()}
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        shares = reverse(Path(arg))
+        print(f"{arg}: target rows called non-target: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shares.items()))
