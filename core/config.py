@@ -202,9 +202,10 @@ class TrainConfig(BaseModel):
     """Most rows, as a share of the file, the content screen removes: a bound on what a content model that
     misreads the file (another language, texts far longer than max_length) can cost."""
     screen_relabel: bool = False
-    """Counter-examples: removed rows that the content screen's reader (fitted on the kept rows) reads as
-    another class go back into training with that class, so a trigger the screen found only in part stops
-    meaning the target label (docs/screen.md). Needs `screen_content` and a reader that passed its check."""
+    """Experimental: removed rows that the content screen's reader (fitted on the kept rows) reads as another
+    class go back into training with that class, so a trigger the screen found only in part stops meaning
+    the target label. Off: where the screen found every triggered row it teaches the trigger as a cue for
+    the other class (docs/screen.md). Needs `screen_content` and a reader that passed its check."""
 
     # Runtime.
     device: str = Field("auto", json_schema_extra=RUNTIME_FIXED)  # auto | cpu | cuda | cuda:N
