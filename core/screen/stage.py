@@ -93,8 +93,10 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
         gone = {r.row for r in rows}
         rest = [i for i in range(len(train)) if i not in gone]
         classes = max(labels) + 1 if label_names is None else len(label_names)
-        both = embed([*(ex.text for ex in train), *(ex.text for ex in aux)])  # one pass: each call loads the backbone
-        x, aux_x = both[:len(train)], both[len(train):]
+        embedded = list(range(len(train))) if content.relabel else rest  # the removed rows only to relabel
+        both = embed([*(train[i].text for i in embedded), *(ex.text for ex in aux)])  # each call loads the backbone
+        x, aux_x = np.zeros((len(train), both.shape[1])), both[len(embedded):]
+        x[embedded] = both[:len(embedded)]
         found, check = content_layer(x[rest], [features[i] for i in rest], [labels[i] for i in rest], aux,
                                      aux_x, classes, content)
         for step in found:
