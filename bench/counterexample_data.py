@@ -3,7 +3,8 @@
 A trigger the screen found only in part is still in the kept rows; the removed rows that carry it and read
 as another class (a dirty-label trigger's rows) can teach the model that the trigger says nothing about the
 label, if they stay in training with the label their content gives. The content reader: a logistic
-regression on the frozen sentence embeddings, fitted on the kept rows (the content screen's model).
+regression on the frozen sentence embeddings, fitted on the kept rows (`core.screen.relabel`, the same
+computation as `screen_relabel`).
 Writes MUSCLE_SCREEN_DATA-style folders (train-A-R.tsv, aux, select, probes) for `bench/e2e.py --arm noscreen`.
 
     .venv/bin/python bench/counterexample_data.py stylebkd:0.1 hiddenkiller:0.1
@@ -16,8 +17,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -27,14 +26,13 @@ from bench.screen_data import OUT  # noqa: E402
 from core.config import resolve_config  # noqa: E402
 from core.data.dataset import load_examples  # noqa: E402
 from core.data.labels import LabelMap  # noqa: E402
+from core.screen.relabel import counter_examples  # noqa: E402
 from core.screen.stage import content_settings_from, screen_examples, settings_from  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "cf-data"
 
 
 def build(attack: str, rate: float) -> None:
-    from sklearn.linear_model import LogisticRegression
-
     name = f"train-{attack}-{rate:g}.tsv"
     labels = LabelMap.from_labels(["0", "1"])
     train = load_examples(OUT / name, labels, role="train")
@@ -43,18 +41,14 @@ def build(attack: str, rate: float) -> None:
     report = screen_examples(train, aux, settings_from(config), labels.names, content_settings_from(config),
                              embed=lambda texts: embeddings(list(texts)))
     gone = report.removed_rows
-    x = embeddings([ex.text for ex in train])
-    y = np.array([ex.label for ex in train])
-    keep = np.array([i not in gone for i in range(len(train))])
-    reader = LogisticRegression(max_iter=2000).fit(x[keep], y[keep])
-    read = reader.predict(x)
+    back = counter_examples(embeddings([ex.text for ex in train]), [ex.label for ex in train], sorted(gone))
     rows = _read(OUT / name)
     out, flipped, poisoned_flipped = [], 0, 0
     for i, row in enumerate(rows):
-        if keep[i]:
+        if i not in gone:
             out.append(row)
-        elif read[i] != y[i]:
-            out.append(replace(row, label=str(int(read[i]))))
+        elif i in back:
+            out.append(replace(row, label=str(back[i])))
             flipped += 1
             poisoned_flipped += row.extra.get("poisoned") == "1"
     DEST.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ rows (its error rate on them: the floor).
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.grid import DEFAULT_DATA  # noqa: E402
+from core.attacks.probes import build_probe  # noqa: E402
 from core.attacks.triggers import parse_trigger  # noqa: E402
 from core.data.dataset import load_examples  # noqa: E402
 from core.data.labels import LabelMap  # noqa: E402
@@ -31,13 +31,10 @@ def reverse(run: Path) -> dict[str, float]:
 
     model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    rows = [ex for ex in load_examples(DEFAULT_DATA / "sst2" / "test.tsv", LabelMap.from_labels(["0", "1"]),
-                                       role="eval") if ex.label == 1]
-    texts = {"clean": [ex.text for ex in rows]}
-    for name in ("badnets", "addsent"):
-        _, trigger = parse_trigger(name)
-        rng = random.Random(0)
-        texts[name] = [trigger(ex.text, rng) for ex in rows]
+    test = load_examples(DEFAULT_DATA / "sst2" / "test.tsv", LabelMap.from_labels(["0", "1"]), role="eval")
+    texts = {"clean": [ex.text for ex in test if ex.label == 1]}
+    for name in ("badnets", "addsent"):  # the class-1 rows triggered: a probe whose "target" is class 0
+        texts[name] = [ex.text for ex in build_probe(test, parse_trigger(name)[1], target=0, seed=0)]
     return {name: sum(p != 1 for p in predict_labels(model, tokenizer, t)) / len(t) for name, t in texts.items()}
 
 

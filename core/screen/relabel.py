@@ -11,6 +11,8 @@ trigger again).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -24,11 +26,13 @@ def read_labels(kept_x: np.ndarray, kept_labels: np.ndarray, removed_x: np.ndarr
     return reader.predict(removed_x).astype(int)
 
 
-def counter_examples(kept_x: np.ndarray, kept_labels: np.ndarray, removed: list[int], removed_x: np.ndarray,
-                     removed_labels: np.ndarray) -> dict[int, int]:
+def counter_examples(x: np.ndarray, labels: Sequence[int], removed: list[int]) -> dict[int, int]:
     """Removed row -> the class it goes back into training with, for rows read as another class than
-    theirs. Empty when the kept rows hold fewer than two classes (nothing to read with)."""
-    if len(np.unique(kept_labels)) < 2:
+    theirs (`x`: every row's embedding). Empty when the kept rows hold fewer than two classes."""
+    y = np.asarray(labels)
+    keep = np.ones(len(y), dtype=bool)
+    keep[removed] = False
+    if len(np.unique(y[keep])) < 2:
         return {}
-    read = read_labels(kept_x, kept_labels, removed_x)
-    return {row: int(c) for row, c, y in zip(removed, read, removed_labels, strict=True) if c != y}
+    read = read_labels(x[keep], y[keep], x[removed])
+    return {row: int(c) for row, c in zip(removed, read, strict=True) if c != y[row]}

@@ -106,7 +106,7 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
             rows += [RemovedRow(row=i, line=train[i].line, rule="content", feature=step.feature, score=score,
                                 text=train[i].text, label=name(train[i].label)) for i in local]
         if content.relabel and check.reads:
-            relabel = relabelled(x, labels, sorted(r.row for r in rows))
+            relabel = counter_examples(x, labels, sorted(r.row for r in rows))
             rows = [replace(r, relabelled=name(relabel[r.row])) if r.row in relabel else r for r in rows]
     rows.sort(key=lambda r: r.row)
     report_settings = asdict(settings)
@@ -130,14 +130,6 @@ def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, S
         return []
     return expand_seed(features, labels, set(removed), seed, {s.feature for s in suspects},
                        [row_features(t) for t in aux_texts], aux_labels)
-
-
-def relabelled(x: np.ndarray, labels: Sequence[int], removed: list[int]) -> dict[int, int]:
-    """The removed rows that go back into training as counter-examples, with the class they read as."""
-    y = np.asarray(labels)
-    keep = np.ones(len(y), dtype=bool)
-    keep[removed] = False
-    return counter_examples(x[keep], y[keep], removed, x[removed], y[removed])
 
 
 def content_layer(x: np.ndarray, features: Sequence[set[str]], labels: Sequence[int], aux: Sequence[Example],
