@@ -5,6 +5,7 @@
 # process (STREAMS_APART=1, default) so the pollers' figures are not the streams' client-side queueing.
 # PYSPY=1 records a py-spy flame profile of the API process meanwhile. STREAMS_NICE=N runs the streams'
 # client at that nice level (default 0), to tell the server's tail from the generators' share of 2 cores.
+# BURST=N then submits N jobs at once (`bench/load_submit.py`, 160-row files) while the worker still trains.
 #
 #   bash bench/load_with_worker.sh pg|sqlite LABEL
 set -euo pipefail
@@ -13,6 +14,8 @@ DB=${1:-pg}; LABEL=${2:-$DB}
 PY=.venv/bin/python; MUSCLE=.venv/bin/muscle
 WORK=/tmp/muscle-load-$DB; rm -rf "$WORK"; mkdir -p "$WORK"
 export MUSCLE_DATA_DIR=$WORK/data MUSCLE_BROKER_URL=redis://127.0.0.1:6379/7 MUSCLE_PORT=8765
+# a burst of N from one key must not meet the per-key queue limit
+[ "${BURST:-0}" != 0 ] && export MUSCLE_MAX_QUEUED_JOBS_PER_KEY=0
 if [ "$DB" = pg ]; then
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS muscle_load" -c "CREATE DATABASE muscle_load" >/dev/null
   export MUSCLE_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/muscle_load
@@ -53,6 +56,12 @@ elif [ "${STREAMS_APART:-1}" = 1 ]; then
 else
   $PY bench/load_poll.py --url $URL --key "$KEY" --job "$JOB" --pollers 200 --interval 1 --seconds 60 \
       --client raw --stagger --streams $STREAMS --label "$LABEL"
+fi
+if [ "${BURST:-0}" != 0 ]; then
+  head -n 161 $DATA/train-badnets-0.01.tsv > "$WORK/burst-train.tsv"
+  $PY bench/load_submit.py --url $URL --key "$KEY" --train "$WORK/burst-train.tsv" --aux $DATA/aux.tsv \
+      --jobs "$BURST" --label "$LABEL burst"
+  grep -c -E " 500 |Traceback" "$WORK/serve.log" | sed 's/^/server errors logged: /' || true
 fi
 [ "$DB" = pg ] && echo "database sessions opened during the measurement: $(( $(sessions) - BEFORE ))"
 uptime
