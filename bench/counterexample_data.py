@@ -7,7 +7,7 @@ regression on the frozen sentence embeddings, fitted on the kept rows (`core.scr
 computation as `screen_relabel`).
 Writes MUSCLE_SCREEN_DATA-style folders (train-A-R.tsv, aux, select, probes) for `bench/e2e.py --arm noscreen`.
 
-    .venv/bin/python bench/counterexample_data.py stylebkd:0.1 hiddenkiller:0.1
+    .venv/bin/python bench/counterexample_data.py [--dest DIR] stylebkd:0.1 hiddenkiller:0.1
 """
 
 from __future__ import annotations
@@ -23,23 +23,15 @@ sys.path.insert(0, str(ROOT))
 from bench.content_disagreement import embeddings  # noqa: E402
 from bench.grid import _read, _write  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
-from core.config import resolve_config  # noqa: E402
-from core.data.dataset import load_examples  # noqa: E402
-from core.data.labels import LabelMap  # noqa: E402
+from bench.screen_eval import screened  # noqa: E402
 from core.screen.relabel import counter_examples  # noqa: E402
-from core.screen.stage import content_settings_from, screen_examples, settings_from  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "cf-data"
 
 
-def build(attack: str, rate: float) -> None:
+def build(attack: str, rate: float, dest: Path = DEST) -> None:
     name = f"train-{attack}-{rate:g}.tsv"
-    labels = LabelMap.from_labels(["0", "1"])
-    train = load_examples(OUT / name, labels, role="train")
-    aux = load_examples(OUT / "aux.tsv", labels, role="aux")
-    config = resolve_config("default")
-    report = screen_examples(train, aux, settings_from(config), labels.names, content_settings_from(config),
-                             embed=lambda texts: embeddings(list(texts)))
+    train, aux, report = screened(OUT / name)
     gone = report.removed_rows
     back = counter_examples(embeddings([ex.text for ex in train]), [ex.label for ex in train], sorted(gone))
     rows = _read(OUT / name)
@@ -51,16 +43,20 @@ def build(attack: str, rate: float) -> None:
             out.append(replace(row, label=str(back[i])))
             flipped += 1
             poisoned_flipped += row.extra.get("poisoned") == "1"
-    DEST.mkdir(parents=True, exist_ok=True)
-    _write(DEST / name, out, ("poisoned", "orig_label"))
+    dest.mkdir(parents=True, exist_ok=True)
+    _write(dest / name, out, ("poisoned", "orig_label"))
     for f in OUT.iterdir():
-        if not f.name.startswith("train-") and not (DEST / f.name).exists():
-            shutil.copy(f, DEST / f.name)
+        if not f.name.startswith("train-") and not (dest / f.name).exists():
+            shutil.copy(f, dest / f.name)
     print(f"{name}: removed {len(gone)}, back with the read label {flipped} ({poisoned_flipped} poisoned), "
           f"rows {len(out)}")
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+    args = sys.argv[1:]
+    dest = DEST
+    if args[:1] == ["--dest"]:
+        dest, args = Path(args[1]).resolve(), args[2:]
+    for arg in args:
         a, r = arg.split(":")
-        build(a, float(r))
+        build(a, float(r), dest)

@@ -27,8 +27,11 @@ from core.screen.stage import screen_examples, settings_from  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "screen_lexical.json"
 
 
-def evaluate(path: Path, aux_path: Path, config, content: bool = False) -> dict:
+def screened(path: Path, aux_path: Path = OUT / "aux.tsv", config=None, content: bool = True):  # noqa: ANN201
+    """(train rows, aux rows, the screen's report) for a binary file: the default job's screen, its content
+    layer on the cached frozen embeddings (`bench.content_disagreement.embeddings`) unless `content` is off."""
     labels = LabelMap.from_labels(["0", "1"])
+    config = config or resolve_config("default")
     train = load_examples(path, labels, role="train")
     aux = load_examples(aux_path, labels, role="aux")
     if content:
@@ -39,6 +42,11 @@ def evaluate(path: Path, aux_path: Path, config, content: bool = False) -> dict:
                                  embed=lambda texts: embeddings(list(texts)))
     else:
         report = screen_examples(train, aux, settings_from(config), labels.names)
+    return train, aux, report
+
+
+def evaluate(path: Path, aux_path: Path, config, content: bool = False) -> dict:
+    _, _, report = screened(path, aux_path, config, content)
     s = report.summary(max_suspects=8)
     return {"rows": s["rows_in"], "removed": s["rows_removed"], "recall": s.get("recall"),
             "false_removal_rate": s.get("false_removal_rate"), "clean_removed": s.get("clean_removed"),

@@ -25,10 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.content_disagreement import embeddings  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
-from core.config import resolve_config  # noqa: E402
-from core.data.dataset import load_examples  # noqa: E402
-from core.data.labels import LabelMap  # noqa: E402
-from core.screen.stage import content_settings_from, screen_examples, settings_from  # noqa: E402
+from bench.screen_eval import screened  # noqa: E402
 
 _PUNCT = re.compile(r"\s*([,;:!?.])\s*")
 
@@ -54,12 +51,7 @@ def pilot(name: str) -> None:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    labels = LabelMap.from_labels(["0", "1"])
-    train = load_examples(OUT / f"{name}.tsv", labels, role="train")
-    aux = load_examples(OUT / "aux.tsv", labels, role="aux")
-    config = resolve_config("default")
-    report = screen_examples(train, aux, settings_from(config), labels.names, content_settings_from(config),
-                             embed=lambda texts: embeddings(list(texts)))
+    train, aux, report = screened(OUT / f"{name}.tsv")
     removed = set(report.removed_rows)
     poisoned = np.array([bool(ex.poisoned) for ex in train])
     y = np.array([ex.label for ex in train])
