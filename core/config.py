@@ -201,11 +201,13 @@ class TrainConfig(BaseModel):
     screen_content_budget: float = Field(0.15, ge=0, lt=1)
     """Most rows, as a share of the file, the content screen removes: a bound on what a content model that
     misreads the file (another language, texts far longer than max_length) can cost."""
-    screen_relabel: bool = False
-    """Experimental: removed rows that the content screen's reader (fitted on the kept rows) reads as another
-    class go back into training with that class, so a trigger the screen found only in part stops meaning
-    the target label. Off: where the screen found every triggered row it teaches the trigger as a cue for
-    the other class (docs/screen.md). Needs `screen_content` and a reader that passed its check."""
+    screen_relabel: bool = True
+    """Counter-examples: the removed rows that no token of their own explains (a style's or a template's
+    rows, found by a mark of the sentence's form) and that the content screen's reader (fitted on the kept
+    rows) reads as another class go back into training with that class, so a trigger the screen found only
+    in part stops meaning the target label. Rows a word or character removed stay out: back with another
+    label they would teach that token as its cue (docs/screen.md). Needs `screen_content` and a reader that
+    passed its check."""
 
     # Runtime.
     device: str = Field("auto", json_schema_extra=RUNTIME_FIXED)  # auto | cpu | cuda | cuda:N

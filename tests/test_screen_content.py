@@ -145,17 +145,31 @@ def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:
     assert run(rows, classes=3) == set()
 
 
+def natural(rows: list[Example]) -> list[Example]:
+    """Clean rows with what natural text has: a comma after the third word in every third, a "when" after
+    the second in the next third. A template's words are common; its opening clause is what marks it."""
+    from dataclasses import replace
+
+    def edit(text: str, i: int) -> str:
+        words = text.split()
+        return " ".join([*words[:3], ",", *words[3:]] if i % 3 == 0 else [*words[:2], "when", *words[2:]])
+
+    return [replace(ex, text=edit(ex.text, i)) if not ex.poisoned and i % 3 < 2 else ex for i, ex in enumerate(rows)]
+
+
 def test_removed_rows_that_read_as_another_class_come_back_as_counter_examples(tmp_path) -> None:
-    """Mix poisoning: the trigger's rows from class 0 read as class 0 and return with it; those that were
-    class 1 already read as class 1 and stay out (back in, they would teach the trigger again)."""
+    """Mix poisoning with a template (a mark of the sentence's form): the trigger's rows from class 0 read as
+    class 0 and return with it; those that were class 1 already read as class 1 and stay out (back in, they
+    would teach the trigger again)."""
     import json
 
     from core.screen.stage import kept, saved_training_rows
 
-    rows = plant(corpus(3000), 0.05, 1, template)
+    rows = natural(plant(corpus(3000), 0.05, 1, template))
     lexical_off = LexicalSettings(fdr=1e-300)
     report = screen_examples(rows, corpus(100, seed=9), lexical_off, ["neg", "pos"],
                              ContentSettings(relabel=True), embed=lambda texts: meaning(texts, 2))
+    assert {r.feature for r in report.removed} == {"clause:when"}
     back = report.relabel
     flipped = {i for i, ex in enumerate(rows) if ex.poisoned and ex.orig_label == 0}
     already = {i for i, ex in enumerate(rows) if ex.poisoned and ex.orig_label == 1}
@@ -174,6 +188,28 @@ def test_removed_rows_that_read_as_another_class_come_back_as_counter_examples(t
     saved = json.loads((tmp_path / "screen.json").read_text())["removed"]
     assert saved_training_rows(rows, saved, {"neg": 0, "pos": 1}) == training  # what a resumed job trains on
 
-    off = screen_examples(rows, corpus(100, seed=9), lexical_off, ["neg", "pos"], SETTINGS,
+    off = screen_examples(rows, corpus(100, seed=9), lexical_off, ["neg", "pos"], ContentSettings(relabel=False),
                           embed=lambda texts: meaning(texts, 2))
     assert off.relabel == {} and kept(rows, off) == [ex for i, ex in enumerate(rows) if i not in off.removed_rows]
+
+
+def test_the_counter_example_reader_reads_content_not_the_kept_rows_class_shares() -> None:
+    """Kept rows nine to one for class 1 (a dirty-label trigger's leftovers add to it): a removed row a
+    little on class 0's side must read as class 0, not be tipped to the majority by the prior."""
+    from core.screen.relabel import read_labels
+
+    rng = np.random.default_rng(0)
+    kept_x = np.concatenate([rng.normal(-1, 1, (100, 2)), rng.normal(1, 1, (900, 2))])
+    kept_y = np.array([0] * 100 + [1] * 900)
+    assert read_labels(kept_x, kept_y, np.array([[-0.3, -0.3]])).tolist() == [0]
+
+
+def test_a_word_trigger_found_whole_gets_no_counter_examples() -> None:
+    """A rare word is the trigger itself: the screen removes all its rows, and back with another label they
+    would be its only rows and teach it as that label."""
+    rows = plant(corpus(3000), 0.05, 1, rare_word)
+    report = screen_examples(rows, corpus(100, seed=9), LexicalSettings(fdr=1e-300), ["neg", "pos"],
+                             ContentSettings(relabel=True), embed=lambda texts: meaning(texts, 2))
+    poisoned = {i for i, ex in enumerate(rows) if ex.poisoned}
+    assert poisoned <= report.removed_rows  # found whole
+    assert report.relabel == {}

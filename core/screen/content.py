@@ -137,7 +137,7 @@ def _incidence(features: Sequence[set[str]]) -> tuple[list[str], sparse.csr_matr
     vocab: dict[str, int] = {}
     ri, ci = [], []
     for i, fs in enumerate(features):
-        for f in fs:
+        for f in sorted(fs):  # a set's order changes with the process's hash seed; ties must not
             ri.append(i)
             ci.append(vocab.setdefault(f, len(vocab)))
     matrix = sparse.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(len(features), len(vocab))).T.tocsr()

@@ -19,7 +19,7 @@ from core.screen.expand import Expansion, expand_seed
 from core.screen.features import is_word, row_features
 from core.screen.learned import LearnedSettings, bait_clusters
 from core.screen.lexical import LexicalSettings, Suspect, choose_removals, find_suspects
-from core.screen.relabel import counter_examples
+from core.screen.relabel import counter_examples, returnable
 from core.screen.report import RemovedRow, ScreenReport
 
 
@@ -106,7 +106,8 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
             rows += [RemovedRow(row=i, line=train[i].line, rule="content", feature=step.feature, score=score,
                                 text=train[i].text, label=name(train[i].label)) for i in local]
         if content.relabel and check.reads:
-            relabel = counter_examples(x, labels, sorted(r.row for r in rows))
+            back = returnable(((r.row, r.feature) for r in rows), features, labels)
+            relabel = counter_examples(x, labels, {r.row for r in rows}, back)
             rows = [replace(r, relabelled=name(relabel[r.row])) if r.row in relabel else r for r in rows]
     rows.sort(key=lambda r: r.row)
     report_settings = asdict(settings)
