@@ -2,9 +2,8 @@
 
 A trigger the screen found only in part is still in the kept rows; the removed rows that carry it and read
 as another class (a dirty-label trigger's rows) can teach the model that the trigger says nothing about the
-label, if they stay in training with the label their content gives. The content reader: a logistic
-regression on the frozen sentence embeddings, fitted on the kept rows (`core.screen.relabel`, the same
-computation as `screen_relabel`).
+label, if they stay in training with the label their content gives. The rows and their labels are the
+default screen's own counter-examples (`screen_relabel`, `core.screen.relabel`), on the cached embeddings.
 Writes MUSCLE_SCREEN_DATA-style folders (train-A-R.tsv, aux, select, probes) for `bench/e2e.py --arm noscreen`.
 
     .venv/bin/python bench/counterexample_data.py [--dest DIR] stylebkd:0.1 hiddenkiller:0.1
@@ -20,20 +19,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.content_disagreement import embeddings  # noqa: E402
 from bench.grid import _read, _write  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
 from bench.screen_eval import screened  # noqa: E402
-from core.screen.relabel import counter_examples  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "cf-data"
 
 
 def build(attack: str, rate: float, dest: Path = DEST) -> None:
     name = f"train-{attack}-{rate:g}.tsv"
-    train, aux, report = screened(OUT / name)
-    gone = report.removed_rows
-    back = counter_examples(embeddings([ex.text for ex in train]), [ex.label for ex in train], sorted(gone))
+    _, _, report = screened(OUT / name)
+    gone, back = report.removed_rows, report.relabel
     rows = _read(OUT / name)
     out, flipped, poisoned_flipped = [], 0, 0
     for i, row in enumerate(rows):

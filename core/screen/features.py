@@ -59,5 +59,10 @@ def feature_kind(feature: str) -> str:
     return "lexical" if feature.startswith("w:") else "shape"
 
 
+def is_token(feature: str) -> bool:
+    """A word n-gram or a character: something a text carries, not a mark of its shape."""
+    return feature.startswith(("w:", "char:"))
+
+
 def is_word(feature: str) -> bool:
     return feature.startswith("w:") and " " not in feature

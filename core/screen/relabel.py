@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import numpy as np
 
-TOKEN_KINDS = ("w:", "char:")  # the feature kinds (core.screen.features) that are tokens of the text
+from core.screen.features import is_token
 
 
 def returnable(removed_on: Iterable[tuple[int, str]], features: Sequence[set[str]], labels: Sequence[int]) -> set[int]:
@@ -36,11 +36,11 @@ def returnable(removed_on: Iterable[tuple[int, str]], features: Sequence[set[str
     kept_tokens: dict[int, set[str]] = defaultdict(set)
     for i, fs in enumerate(features):
         if i not in gone:
-            kept_tokens[labels[i]].update(f for f in fs if f.startswith(TOKEN_KINDS))
+            kept_tokens[labels[i]].update(f for f in fs if is_token(f))
     out: set[int] = set()
     for (_, label), rows in groups.items():
         shared = set.intersection(*(features[i] for i in rows))
-        if not any(f.startswith(TOKEN_KINDS) and f not in kept_tokens[label] for f in shared):
+        if not any(is_token(f) and f not in kept_tokens[label] for f in shared):
             out.update(rows)
     return out
 
