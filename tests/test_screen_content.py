@@ -106,6 +106,21 @@ def test_the_budget_bounds_what_the_content_screen_removes() -> None:
     assert len(run(rows, settings=ContentSettings(budget=0.2))) >= 0.09 * 3000
 
 
+def test_a_template_goes_before_a_phrase_nested_in_its_rows() -> None:
+    """Both pass: a phrase on 20 flipped rows (content reads class 0, labelled 1; the smallest p-value) and
+    the template around it (120 rows, mostly content in between, 92 labelled 1; the larger excess). Taken
+    first, the phrase would take the template's clearest rows out of its test, and at this strict level the
+    template's other 72 rows labelled 1 no longer pass."""
+    rng = np.random.default_rng(3)
+    content = np.r_[np.sign(rng.normal(size=2000)), -np.ones(20), np.zeros(100)]
+    labels = np.r_[np.where(rng.random(2000) < 0.9, content[:2000] > 0, content[:2000] < 0).astype(int),
+                   np.ones(20, int), (np.arange(100) < 72).astype(int)]
+    features = [set() for _ in range(2000)] + [{"first:if", "w:if it '"}] * 20 + [{"first:if"}] * 100
+    x = (content + rng.normal(scale=0.05, size=len(content)))[:, None]
+    steps = excess_steps(features, labels.tolist(), x, 2, ContentSettings(fdr=1e-6))
+    assert [(s.feature, s.label, s.label_rows) for s in steps] == [("first:if", 1, 92)]
+
+
 def test_the_stage_reports_content_removals() -> None:
     rows = plant(corpus(3000), 0.05, 1, template)
     lexical_off = LexicalSettings(fdr=1e-300)  # so the content screen is what finds the rows

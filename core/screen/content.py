@@ -11,10 +11,13 @@ Benjamini-Hochberg over every tested (feature, class). A syntactic template show
 features (the subordinate clause a HiddenKiller paraphrase opens with), a style in its punctuation, a
 word trigger in its n-grams.
 
-Greedy, because a trigger's rows lift every feature they share: the strongest passing feature's rows
-labelled c are removed, its rows of either label leave the tests (those of other labels would otherwise
-look pure), the content model is refitted on the rows still kept (the poison it saw made it less sure
-of the classes the poisoned rows came from), and the tests run again, until none passes.
+Greedy, because a trigger's rows lift every feature they share: of the features that pass, the one whose
+rows hold the most labels their content does not explain (O - E) goes first. Its rows labelled c are
+removed, its rows of either label leave the tests (those of other labels would otherwise look pure), the
+content model is refitted on the rows still kept (the poison it saw made it less sure of the classes the
+poisoned rows came from), and the tests run again, until none passes. Taking the largest excess rather
+than the smallest p-value keeps a phrase nested in a template's rows from going first: it would take the
+template's clearest rows out of the template's test, and the rest might no longer pass.
 
 Guards: the content model is cross-fitted (no row's expectation comes from a model fitted on it); it must
 read the trusted rows at least as well as a bag of words does (`reads_content`), or the screen does not
@@ -114,13 +117,13 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndar
         testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
         if not testable.any():
             return steps
-        z, log_p = _excess_tests(by_feature, proba, y, tested, testable, vouched)
+        z, log_p, excess = _excess_tests(by_feature, proba, y, tested, testable, vouched)
         candidates = np.broadcast_to(testable, z.shape)
         hit = np.zeros(z.shape, bool)
         hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
         if not hit.any():
             return steps
-        c, f = np.unravel_index(int(np.argmin(np.where(hit, log_p, np.inf))), z.shape)
+        c, f = np.unravel_index(int(np.argmax(np.where(hit, excess, -np.inf))), z.shape)
         members = _tested_rows(by_feature, f, tested)
         drop = members[y[members] == c]
         if removed.sum() + len(drop) > allowance:
@@ -151,24 +154,27 @@ def _tested_rows(by_feature: sparse.csr_matrix, feature: int, tested: np.ndarray
 
 
 def _excess_tests(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarray, tested: np.ndarray,
-                  testable: np.ndarray, vouched: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+                  testable: np.ndarray, vouched: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (class, feature) over the tested rows: z of the count labelled c against the content model's
-    expectation, and the one-sided log p-value (1 where untestable or vouched for)."""
+    expectation, the one-sided log p-value (1 where untestable or vouched for), and the excess (count
+    minus expectation)."""
     classes = proba.shape[1]
     z = np.zeros((classes, by_feature.shape[0]))
     log_p = np.zeros_like(z)
+    excess = np.zeros_like(z)
     for c in range(classes):
         p = proba[:, c] * tested
         observed = by_feature @ (tested & (y == c)).astype(float)
         var = by_feature @ (p * (1 - proba[:, c]))
-        z[c] = np.where(testable, (observed - by_feature @ p) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+        excess[c] = observed - by_feature @ p
+        z[c] = np.where(testable, excess[c] / np.sqrt(np.maximum(var, 1e-12)), 0.0)
         log_p[c] = np.where(testable, stats.norm.logsf(z[c]), 0.0)
         # The normal approximation flatters small and lopsided groups; where it could matter, the exact
         # Poisson-binomial tail replaces it.
         for f in np.nonzero(testable & (z[c] > EXACT_FROM_Z))[0]:
             log_p[c, f] = poisson_binomial_log_sf(proba[_tested_rows(by_feature, f, tested), c], int(observed[f]))
         log_p[c, vouched[c]] = 0.0
-    return z, log_p
+    return z, log_p, excess
 
 
 @dataclass(frozen=True)
