@@ -192,12 +192,16 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _exact(job: dict[str, Any]) -> bool:
+    s = job.get("screen") or {}
+    return s.get("recall") == 1.0 and s.get("false_removal_rate") == 0.0
+
+
 def backdoor_free(by: dict[tuple[str, float, str], dict[str, Any]], attack: str,
                   rate: float) -> tuple[dict[str, Any] | None, str]:
     """The run that gives (attack, rate) its ceiling and floor, and how it stands in for its own free run."""
     free, job = by.get((attack, rate, "free")), by.get((attack, rate, "default"))
-    exact = (job or {}).get("screen") or {}
-    if free is None and exact.get("recall") == 1.0 and exact.get("false_removal_rate") == 0.0:
+    if free is None and job is not None and _exact(job):
         return job, " (exact: the kept rows are the clean rows)"  # same training, same rows
     if free is None and attack in EVERY_CLEAN_ROW:
         free = next((r for (a, _, arm), r in sorted(by.items()) if a == attack and arm == "free"), None)
@@ -214,16 +218,20 @@ def _order(cells: set[tuple[str, float]]) -> list[tuple[str, float]]:
 def table(records: dict[str, dict[str, Any]], tag: str = "v1", base: str | None = None) -> str:
     """Markdown: per attack and rate, the default job beside the backdoor-free model (CACC / ASR on the
     attack's probe), the gaps the goal bounds, the screen's recall and false removals, and wall time.
-    With `base`, that tag's runs (same seed) fill the arms `tag` did not run; such default rows are marked."""
+    With `base` (comma-separated tags, first wins), those tags' runs (same seed) fill the arms `tag` did not
+    run (such default rows are marked with their tag), and a base's job that kept exactly the clean rows
+    stands in for a missing backdoor-free run."""
     by = {(r["attack"], r["rate"], r["arm"]): r for r in records.values() if r["tag"] == tag}
-    borrowed: set[tuple[str, float]] = set()
-    if base:
-        for r in records.values():
-            key = (r["attack"], r["rate"], r["arm"])
-            if r["tag"] == base and key not in by:
-                by[key] = r
-                if r["arm"] == "default":
-                    borrowed.add(key[:2])
+    borrowed: dict[tuple[str, float], str] = {}
+    bases = base.split(",") if base else []
+    for r in sorted((r for r in records.values() if r["tag"] in bases), key=lambda r: bases.index(r["tag"])):
+        key = (r["attack"], r["rate"], r["arm"])
+        if key not in by:
+            by[key] = r
+            if r["arm"] == "default":
+                borrowed[key[:2]] = r["tag"]
+        elif r["arm"] == "default" and (key[:2] + ("free",)) not in by and _exact(r):
+            by[key[:2] + ("free",)] = r  # that job kept exactly the clean rows: it is this cell's free model
     out = ["| attack | rate | backdoor-free CACC / ASR | default CACC / ASR | CACC gap | ASR over floor | "
            "screen recall / false removals | default wall (min) |", "|" + " --- |" * 8]
     for attack, rate in _order({(a, r) for a, r, _ in by}):
@@ -237,7 +245,7 @@ def table(records: dict[str, dict[str, Any]], tag: str = "v1", base: str | None 
         s = (job or {}).get("screen") or {}
         scr = f"{pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))}" if s else "-"
         wall = f"{job['wall_seconds'] / 60:.0f}" if job else "-"
-        mark = f" ({base}: lexical screen only)" if (attack, rate) in borrowed else ""
+        mark = f" ({borrowed[attack, rate]})" if (attack, rate) in borrowed else ""
         out.append(f"| {attack}{mark} | {rate:g} | {f} | {j} | {gap} | {over} | {scr} | {wall} |")
     return "\n".join(out)
 
@@ -314,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tag", default="v1")
     t.add_argument("--seeds", help="comma-separated tags, one per seed: the per-seed table")
     t.add_argument("--methods", action="store_true", help="the methods-at-10%% table of --tag")
-    t.add_argument("--base", help="a tag (same seed) whose runs fill the arms --tag did not run")
+    t.add_argument("--base", help="comma-separated tags (same seed) whose runs fill the arms --tag did not run")
     args = p.parse_args(argv)
     if args.cmd == "table":
         if args.seeds:

@@ -306,6 +306,27 @@ def test_e2e_table_reads_each_job_against_its_backdoor_free_model() -> None:
     assert lines[3] == "| addsent | 0.01 | 86.0 / 20.0 (proxy) | 87.0 / 18.0 | +1.0 | -2.0 | 50.0 / 0.1 | 10 |"
 
 
+def test_e2e_table_takes_a_base_tags_exact_job_as_the_backdoor_free_model() -> None:
+    e2e = _load("e2e")
+
+    def rec(tag: str, attack: str, arm: str, cacc: float, screen: dict) -> dict:
+        return {"run": f"{tag}-{attack}-0.01-{arm}", "tag": tag, "attack": attack, "rate": 0.01, "arm": arm,
+                "cacc": cacc, "asr": dict.fromkeys(set(e2e.PROBE.values()), 0.1), "screen": screen,
+                "wall_seconds": 600.0}
+
+    records = {r["run"]: r for r in [
+        rec("new", "badnets", "default", 0.87, {"recall": 1.0, "false_removal_rate": 0.005}),
+        rec("old", "badnets", "default", 0.88, {"recall": 1.0, "false_removal_rate": 0.0}),
+        rec("old", "addsent", "default", 0.86, {"recall": 0.9, "false_removal_rate": 0.0}),
+        rec("older", "addsent", "default", 0.85, {"recall": 1.0, "false_removal_rate": 0.0}),
+    ]}
+    lines = e2e.table(records, "new", "old,older").splitlines()
+    # the new job against the old job that kept exactly the clean rows
+    assert lines[2] == "| badnets | 0.01 | 88.0 / 10.0 | 87.0 / 10.0 | -1.0 | +0.0 | 100.0 / 0.5 | 10 |"
+    # a cell only the bases ran: the first base's job, marked with its tag, against the later base's exact job
+    assert lines[3] == "| addsent (old) | 0.01 | 85.0 / 10.0 | 86.0 / 10.0 | +1.0 | +0.0 | 90.0 / 0.0 | 10 |"
+
+
 def test_the_model_card_names_the_packaged_base_model_and_its_license() -> None:
     from core.model_card import base_model, card_metadata
 
