@@ -6,11 +6,13 @@ Every bad argument or file ends with a one-line `error: ...` naming what is at f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,7 @@ def _add_screen_and_settings_commands(sub: Any) -> None:
     _add_data_args(sc)
     sc.add_argument("--set", action="append", default=[], type=_parse_set, metavar="KEY=VALUE",
                     help="a screen setting, e.g. --set screen_fdr=0.01 (`muscle settings` lists them)")
+    sc.add_argument("--no-progress", action="store_true", help="no progress bar for the embedding pass")
     sc.set_defaults(func=cmd_screen)
 
     s = sub.add_parser("settings", help="list every training setting with its profile values")
@@ -203,6 +206,26 @@ class ProgressBar:
             _stderr(f"[{event.phase}] {event.message}")
 
 
+@contextlib.contextmanager
+def embedding_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar over the content screen's embedding pass (rows), closed on the way out."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(unit="row", desc="content screen: embedding", dynamic_ncols=True, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -260,7 +283,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
     train = load_examples(args.train, label_map, role="train", **cols)
     aux = load_examples(args.aux, label_map, role="aux", **cols)
     check_aux(aux, label_map, config.min_aux_per_class, str(args.aux))
-    report = screen_with(config, train, aux, label_map.names)
+    with embedding_bar(not args.no_progress) as progress:
+        report = screen_with(config, train, aux, label_map.names, progress)
     json_path, tsv_path = report.write(args.out)
     summary = report.summary(max_suspects=10)
     print(json.dumps({k: summary[k] for k in ("rows_in", "rows_removed", "removed_per_rule", "seconds")}

@@ -196,7 +196,9 @@ def test_cli_screen_writes_the_audit(tmp_path: Path, capsys: pytest.CaptureFixtu
     train_path = write_tsv(tmp_path / "train.tsv", [{"text": ex.text, "label": ex.label} for ex in train])
     aux_path = write_tsv(tmp_path / "aux.tsv", [{"text": ex.text, "label": ex.label} for ex in corpus(100, seed=9)])
     assert cli_main(["screen", "--train", str(train_path), "--aux", str(aux_path), "--out", str(tmp_path / "o")]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert "content screen: embedding" in captured.err and "2100/2100" in captured.err  # train + aux rows
     planted = sum(ex.poisoned for ex in train)
     assert printed["rows_removed"] == planted
     payload = json.loads((tmp_path / "o" / "screen.json").read_text())

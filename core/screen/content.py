@@ -59,6 +59,7 @@ class ContentStep:
 
 
 EXACT_FROM_Z = 2.0
+EmbedProgress = Callable[[int, int], None]  # (rows embedded, rows in all)
 
 
 def poisson_binomial_log_sf(p: np.ndarray, k: int) -> float:
@@ -217,8 +218,9 @@ def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]
 
 
 def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int,
-                        device: str = "cpu") -> np.ndarray:
-    """The untouched backbone's mean-pooled last layer, unit length: what a sentence means to it."""
+                        device: str = "cpu", progress: EmbedProgress | None = None) -> np.ndarray:
+    """The untouched backbone's mean-pooled last layer, unit length: what a sentence means to it.
+    `progress(done, total)` after each batch: on a CPU and long texts this pass takes minutes."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -237,5 +239,7 @@ def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_
             mask = enc["attention_mask"].unsqueeze(-1).float()
             hidden = model(**enc).last_hidden_state.float()
             out.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
+            if progress is not None:
+                progress(min(start + batch_size, len(texts)), len(texts))
     x = np.concatenate(out) if out else np.zeros((0, 1))
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -14,7 +14,14 @@ from scipy import stats
 
 from core.data.dataset import Example
 from core.errors import ConfigError
-from core.screen.content import ContentCheck, ContentSettings, ContentStep, excess_steps, reads_content
+from core.screen.content import (
+    ContentCheck,
+    ContentSettings,
+    ContentStep,
+    EmbedProgress,
+    excess_steps,
+    reads_content,
+)
 from core.screen.expand import Expansion, expand_seed
 from core.screen.features import is_word, row_features
 from core.screen.learned import LearnedSettings, bait_clusters
@@ -38,22 +45,23 @@ def content_settings_from(config: Any) -> ContentSettings | None:
                            budget=config.screen_content_budget, seed=config.seed, relabel=config.screen_relabel)
 
 
-def embedder(config: Any) -> Callable[[Sequence[str]], np.ndarray]:
+def embedder(config: Any, progress: EmbedProgress | None = None) -> Callable[[Sequence[str]], np.ndarray]:
     """Texts -> the job's backbone's frozen sentence embeddings (for the content screen)."""
     from core.models.backbones import resolve_model_source
     from core.screen.content import sentence_embeddings
 
     source = resolve_model_source(config.model)
     return lambda texts: sentence_embeddings(source, texts, config.eval_batch_size, config.max_length,
-                                             config.device)
+                                             config.device, progress)
 
 
 def screen_with(config: Any, train: Sequence[Example], aux: Sequence[Example],
-                label_names: Sequence[str] | None = None) -> ScreenReport:
-    """`screen_examples` with a TrainConfig's lexical and content settings and the job's backbone."""
+                label_names: Sequence[str] | None = None, progress: EmbedProgress | None = None) -> ScreenReport:
+    """`screen_examples` with a TrainConfig's lexical and content settings and the job's backbone;
+    `progress(done, total)` follows the content screen's embedding pass."""
     content = content_settings_from(config)
     return screen_examples(train, aux, settings_from(config), label_names, content,
-                           embedder(config) if content is not None else None)
+                           embedder(config, progress) if content is not None else None)
 
 
 def learned_settings_from(config: Any) -> LearnedSettings:

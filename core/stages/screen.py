@@ -9,6 +9,7 @@ kept rows and `screen/screen.json` and `screen/removed.tsv` are written; a resum
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,20 @@ from core.interface import ProgressCallback, ProgressEvent
 from core.prepared import PreparedData
 
 ScreenSummary = dict[str, Any] | None
+
+
+def embedding_progress(emit: ProgressCallback, parts: int = 10) -> Callable[[int, int], None]:
+    """A `progress(done, total)` for the content screen's embedding pass that logs each tenth once."""
+    logged = [0]
+
+    def progress(done: int, total: int) -> None:
+        part = parts * done // max(total, 1)
+        if part > logged[0]:
+            logged[0] = part
+            emit(ProgressEvent(kind="log", phase="screening",
+                               message=f"content screen: embedded {done} of {total} rows"))
+
+    return progress
 
 
 def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: ProgressCallback,
@@ -38,7 +53,7 @@ def run_screen(data: PreparedData, config: TrainConfig, out_dir: Path, emit: Pro
     emit(ProgressEvent(kind="phase", phase="screening", message="screening the training rows"))
     if config.screen_content:
         emit(ProgressEvent(kind="log", phase="screening", message="content screen: embedding the training rows"))
-    report = screen_with(config, data.train, data.trusted, data.label_map.names)
+    report = screen_with(config, data.train, data.trusted, data.label_map.names, embedding_progress(emit))
     if config.screen_learned:
         from core.models.backbones import resolve_model_source
         from core.screen.learned import backbone_bait
