@@ -214,16 +214,19 @@ def embedding_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         return
     from tqdm import tqdm
 
-    bar = tqdm(unit="row", desc="content screen: embedding", dynamic_ncols=True, file=sys.stderr)
+    bars: list[Any] = []  # made at the first batch, when the total is known
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="row", desc="content screen: embedding", dynamic_ncols=True,
+                             file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
     try:
         yield progress
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _stderr(line: str) -> None:
