@@ -228,3 +228,23 @@ def test_a_word_trigger_found_whole_gets_no_counter_examples() -> None:
     poisoned = {i for i, ex in enumerate(rows) if ex.poisoned}
     assert poisoned <= report.removed_rows  # found whole
     assert report.relabel == {}
+
+
+def test_natural_words_keep_their_voucher_when_a_few_look_rare_by_chance() -> None:
+    """300 natural words, each in a tenth of class 0's rows, trusted and untrusted alike. Tested one by one
+    at 5%, about nine would look rarer in the 96 trusted rows by chance and lose their voucher; BH over
+    the family keeps them. A word planted in a fifth of the rows that two trusted rows show still loses it."""
+    rng = np.random.default_rng(3)
+    words = [f"w:natural{k}" for k in range(300)]
+
+    def rows(n: int) -> list[set[str]]:
+        return [{w for w in words if rng.random() < 0.1} for _ in range(n)]
+
+    features, aux_features = rows(3000), rows(96)
+    for i in range(600):
+        features[i].add("w:planted")
+    aux_features[0].add("w:planted")
+    aux_features[1].add("w:planted")
+    natural = vouched(features, [0] * 3000, aux_features, [0] * 96, fdr=0.05)
+    assert set(words) <= natural[0]
+    assert "w:planted" not in natural[0]

@@ -25,7 +25,7 @@ from core.screen.content import (
 from core.screen.expand import Expansion, expand_seed
 from core.screen.features import is_word, row_features
 from core.screen.learned import LearnedSettings, bait_clusters
-from core.screen.lexical import LexicalSettings, Suspect, choose_removals, find_suspects
+from core.screen.lexical import LexicalSettings, Suspect, benjamini_hochberg, choose_removals, find_suspects
 from core.screen.relabel import counter_examples, returnable
 from core.screen.report import RemovedRow, ScreenReport
 
@@ -161,17 +161,22 @@ def words_of(features: set[str]) -> set[str]:
 def vouched(features: Sequence[set[str]], labels: Sequence[int], aux_features: Sequence[set[str]],
             aux_labels: Sequence[int], fdr: float) -> dict[int, set[str]]:
     """Per class, the words at least two trusted rows show in that class, about as often as the untrusted
-    rows do (not significantly less, one-sided binomial at `fdr`): a frequent natural cue a content model
-    under-reads (a pure word in abuse or spam data) is one of them; a planted word is rarer in clean rows.
-    Words only, and two rows: a template's shape, or a phrase around a function word, turns up naturally
-    in a trusted row or two, so such evidence would also clear a syntactic trigger."""
+    rows do (not significantly less: one-sided binomial tests, BH at `fdr` over every such word and class):
+    a frequent natural cue a content model under-reads (a pure word in abuse or spam data) is one of them;
+    a planted word is rarer in clean rows. Uncorrected, about `fdr` of the natural words would lose their
+    voucher by chance. Words only, and two rows: a template's shape, or a phrase around a function word,
+    turns up naturally in a trusted row or two, so such evidence would also clear a syntactic trigger."""
     n, n_aux = len(labels), len(aux_labels)
     untrusted = Counter((f, y) for fs, y in zip(features, labels, strict=True) for f in fs if is_word(f))
     in_aux = Counter((f, y) for fs, y in zip(aux_features, aux_labels, strict=True) for f in fs if is_word(f))
+    shown = [(f, y) for (f, y), a in in_aux.items() if a >= 2]
+    # P(at most a of the trusted rows | the untrusted rows' rate); a rate of 0 (the class's rows were all
+    # removed before) is no evidence against the word
+    p_less = [float(stats.binom.cdf(in_aux[f, y], n_aux, untrusted.get((f, y), 0) / n)) if n else 1.0
+              for f, y in shown]
     out: dict[int, set[str]] = {}
-    for (f, y), a in in_aux.items():
-        rate = untrusted.get((f, y), 0) / n if n else 0.0
-        if a >= 2 and (rate == 0.0 or stats.binom.cdf(a, n_aux, rate) > fdr):
+    for (f, y), rarer in zip(shown, benjamini_hochberg(p_less, fdr), strict=True):
+        if not rarer:
             out.setdefault(y, set()).add(f)
     return out
 
