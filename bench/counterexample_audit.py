@@ -5,7 +5,7 @@
 For each benchmark file (`bench/screen_data.py`): rows counted by their `poisoned` and `orig_label`
 columns and what the screen did (kept, out, back with the reader's class); then, for the rows back, the
 reader's probability of the class it gave (a logistic regression on the frozen embeddings fitted on the
-kept rows, as `core.screen.relabel.read_labels` fits it), split into rows it got right (a flipped poison
+kept rows, `core.screen.relabel.fit_reader`), split into rows it got right (a flipped poison
 row back with its original class) and wrong (a row whose original class is the one it had). Screen only:
 a few minutes a file with the embeddings cached (`bench/content_disagreement.py`).
 """
@@ -27,16 +27,14 @@ from bench.content_disagreement import embeddings  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
 from bench.screen_eval import screened  # noqa: E402
 from core.config import resolve_config  # noqa: E402
+from core.screen.relabel import fit_reader  # noqa: E402
 
 
 def reader_confidence(texts: list[str], labels: np.ndarray, removed: set[int], back: list[int]) -> np.ndarray:
     """The probability the kept-row reader gives each row in `back` for the class it reads."""
-    from sklearn.linear_model import LogisticRegression
-
     x = embeddings(texts)
     keep = np.array([i not in removed for i in range(len(texts))])
-    reader = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x[keep], labels[keep])
-    return reader.predict_proba(x[back]).max(axis=1)
+    return fit_reader(x[keep], labels[keep]).predict_proba(x[back]).max(axis=1)
 
 
 def audit(name: str, seed: int) -> None:

@@ -12,14 +12,17 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.argtypes import name_path, parse_value, split_pair
 from core.config import METHODS, PROFILES, TrainConfig, resolve_config
 from core.errors import JobCancelled, MuscleError
 from core.metrics import FLOOR_MONITOR
+
+if TYPE_CHECKING:
+    from core.screen.content import EmbedProgress
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
@@ -207,7 +210,7 @@ class ProgressBar:
 
 
 @contextlib.contextmanager
-def embedding_bar(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+def embedding_bar(enabled: bool) -> Iterator[EmbedProgress | None]:
     """A tqdm bar over the content screen's embedding pass (rows), closed on the way out."""
     if not enabled:
         yield None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,16 +46,20 @@ def returnable(removed_on: Iterable[tuple[int, str]], features: Sequence[set[str
     return out
 
 
-def read_labels(kept_x: np.ndarray, kept_labels: np.ndarray, removed_x: np.ndarray) -> np.ndarray:
-    """The class a reader fitted on the kept rows gives each removed row."""
+def fit_reader(kept_x: np.ndarray, kept_labels: np.ndarray) -> Any:
+    """The counter-example reader: a logistic regression on the kept rows' embeddings."""
     from sklearn.linear_model import LogisticRegression
 
-    if len(removed_x) == 0:
-        return np.zeros(0, dtype=int)
     # balanced: the kept rows' class shares (a dirty-label trigger's leftovers among them) must not tip a
     # row whose content is in between
-    reader = LogisticRegression(max_iter=2000, class_weight="balanced").fit(kept_x, kept_labels)
-    return reader.predict(removed_x).astype(int)
+    return LogisticRegression(max_iter=2000, class_weight="balanced").fit(kept_x, kept_labels)
+
+
+def read_labels(kept_x: np.ndarray, kept_labels: np.ndarray, removed_x: np.ndarray) -> np.ndarray:
+    """The class a reader fitted on the kept rows gives each removed row."""
+    if len(removed_x) == 0:
+        return np.zeros(0, dtype=int)
+    return fit_reader(kept_x, kept_labels).predict(removed_x).astype(int)
 
 
 def counter_examples(x: np.ndarray, labels: Sequence[int], removed: Collection[int],

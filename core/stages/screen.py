@@ -9,19 +9,21 @@ kept rows and `screen/screen.json` and `screen/removed.tsv` are written; a resum
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import TrainConfig
 from core.errors import DataError
 from core.interface import ProgressCallback, ProgressEvent
 from core.prepared import PreparedData
 
+if TYPE_CHECKING:
+    from core.screen.content import EmbedProgress
+
 ScreenSummary = dict[str, Any] | None
 
 
-def embedding_progress(emit: ProgressCallback, parts: int = 10) -> Callable[[int, int], None]:
+def embedding_progress(emit: ProgressCallback, parts: int = 10) -> EmbedProgress:
     """A `progress(done, total)` for the content screen's embedding pass that logs each tenth once."""
     logged = [0]
 
