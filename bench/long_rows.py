@@ -5,8 +5,8 @@
         --out bench/runs/long-rows/screen-k4
 
 The training rows come from SST-2's training sentences, with a Badnets-style dirty-label trigger (one of
-cf / mn / bb / tq inserted at a random place, label set to 1) in about 3% of the rows (6% of the
-negatives); the 96 aux rows are made the same way from the dev and test sentences, clean. A stand-in for
+cf / mn / bb / tq inserted at a random place, label set to 1) in about 3% of the rows (`--share`, 6% of
+the negatives by default); the 96 aux rows are made the same way from the dev and test sentences, clean. A stand-in for
 a dataset of longer texts: what the screen removes when each row holds several sentences' cues.
 """
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sentences", type=int, default=4, help="sentences per row")
     p.add_argument("--dest", type=Path, default=ROOT / "bench" / "runs" / "long-rows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--share", type=float, default=0.06, help="share of the negative rows planted (0: a clean file)")
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
     args.dest.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(["text", "label", "poisoned"])
         for parts, label in train:
-            text, hit = " ".join(parts), label == "0" and rng.random() < 0.06
+            text, hit = " ".join(parts), label == "0" and rng.random() < args.share
             planted += hit
             w.writerow([poison(text, rng) if hit else text, "1" if hit else label, int(hit)])
     with (args.dest / f"aux-k{k}.tsv").open("w", newline="") as f:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from core.data.dataset import Example
-from core.screen.content import ContentSettings, excess_steps
+from core.screen.content import ContentSettings, excess_steps, reads_content
 from core.screen.features import row_features
 from core.screen.lexical import LexicalSettings
-from core.screen.stage import screen_examples, vouched
+from core.screen.stage import screen_examples, vouched, words_of
 from tests.test_screen import corpus, plant, rare_word
 
 SETTINGS = ContentSettings()
@@ -136,20 +136,38 @@ def test_the_stage_reports_content_removals() -> None:
     assert summary["settings"]["content"]["budget"] == SETTINGS.budget
 
 
-def test_a_backbone_that_does_not_read_the_words_is_not_trusted_as_the_content_model() -> None:
-    """Random sentence embeddings under-read every class word, so every natural cue would look like a
-    trigger; the trusted rows show the bag of words reads them better, and the content screen stands down."""
-    rows = plant(corpus(3000), 0.05, 1, template)
+def test_embeddings_that_read_worse_than_the_words_are_not_trusted_alone() -> None:
+    """Random sentence embeddings under-read every class word, so alone they would make every natural cue
+    look like a trigger; the guard sees the bag of words read the trusted rows better."""
+    rows, aux = corpus(3000), corpus(100, seed=9)
+    words = [words_of(row_features(ex.text)) for ex in rows]
+    aux_words = [words_of(row_features(ex.text)) for ex in aux]
     rng = np.random.default_rng(1)
+    check = reads_content(rng.normal(size=(len(rows), 16)), [ex.label for ex in rows], words,
+                          rng.normal(size=(len(aux), 16)), [ex.label for ex in aux], aux_words, SETTINGS.fdr)
+    assert not check.reads and check.embedding_loss > check.words_loss
+    assert reads_content(meaning([ex.text for ex in rows], 2), [ex.label for ex in rows], words,
+                         meaning([ex.text for ex in aux], 2), [ex.label for ex in aux], aux_words, SETTINGS.fdr).reads
+
+
+@pytest.mark.parametrize("insert", [template, rare_word])
+def test_where_the_embeddings_read_worse_the_content_model_reads_the_trusted_words_too(insert) -> None:
+    """With the words the trusted rows show beside the embedding, the natural cues are read and a planted
+    word or template, which clean rows do not show as a label, is still not: the layer finds the trigger
+    and removes no clean row, where the embedding alone would have stood it down."""
     lexical_off = LexicalSettings(fdr=1e-300)
-    report = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
-                             embed=lambda texts: rng.normal(size=(len(texts), 16)))
+    rng = np.random.default_rng(1)
+
+    def unreadable(texts: Sequence[str]) -> np.ndarray:
+        return rng.normal(size=(len(texts), 16))
+
+    rows = plant(corpus(3000), 0.05, 1, insert)
+    report = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS, embed=unreadable)
     check = report.summary()["settings"]["content"]["check"]
-    assert not check["reads"] and check["embedding_loss"] > check["words_loss"]
-    assert report.removed == []
-    reading = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS,
-                              embed=lambda texts: meaning(texts, 2))
-    assert reading.summary()["settings"]["content"]["check"]["reads"]
+    assert check["reads"] and check["trusted_words"] > 0
+    assert report.truth is not None and report.truth["recall"] == 1.0 and report.truth["clean_removed"] == 0
+    clean = screen_examples(corpus(3000), corpus(100, seed=9), lexical_off, content=SETTINGS, embed=unreadable)
+    assert clean.removed == []
 
 
 def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:

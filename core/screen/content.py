@@ -20,9 +20,11 @@ than the smallest p-value keeps a phrase nested in a template's rows from going 
 template's clearest rows out of the template's test, and the rest might no longer pass.
 
 Guards: the content model is cross-fitted (no row's expectation comes from a model fitted on it); it must
-read the trusted rows at least as well as a bag of words does (`reads_content`), or the screen does not
-run; words the trusted rows vouch for are not tested (`core.screen.stage.vouched`); and the rows it
-removes stay within `budget` of the file.
+read the trusted rows at least as well as a bag of words does (`reads_content`). Where the embedding alone
+does not (rows of several sentences: mean pooling blurs their cues), the model reads the words the
+trusted rows show beside it (`with_trusted_words`): a planted word is absent from clean rows, so it still
+cannot learn one; if that too reads worse, the screen does not run. Words the trusted rows vouch for are
+not tested (`core.screen.stage.vouched`); and the rows it removes stay within `budget` of the file.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class ContentStep:
 
 EXACT_FROM_Z = 2.0
 EmbedProgress = Callable[[int, int], None]  # (rows embedded, rows in all)
+Features = np.ndarray | sparse.csr_matrix  # a row per text: the embedding, or it and the trusted words
 
 
 def poisson_binomial_log_sf(p: np.ndarray, k: int) -> float:
@@ -72,7 +75,7 @@ def poisson_binomial_log_sf(p: np.ndarray, k: int) -> float:
     return float(np.log(max(pmf[k:].sum(), 1e-300)))
 
 
-def content_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, folds: int,
+def content_probabilities(x: Features, labels: np.ndarray, classes: int, folds: int,
                           seed: int) -> np.ndarray | None:
     """Cross-fitted P(class | embedding) for every row (columns of absent classes 0); None when the rows
     cannot be split so that every fold holds every class present (a class with a single row)."""
@@ -91,7 +94,7 @@ def content_probabilities(x: np.ndarray, labels: np.ndarray, classes: int, folds
     return proba
 
 
-def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: np.ndarray, classes: int,
+def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: Features, classes: int,
                  settings: ContentSettings, natural: Callable[[int], set[str]] | None = None) -> list[ContentStep]:
     """The greedy excess tests over `features` (one set per row), stopped before a step would take the
     rows removed past `budget` of the rows. `natural(c)`: features the trusted rows vouch for in class c
@@ -186,10 +189,34 @@ class ContentCheck:
     trusted_rows: int
     p_value: float  # one-sided paired t-test: the embeddings read the trusted rows worse than the words
     reads: bool
+    trusted_words: int = 0  # words of the trusted rows the content model reads beside the embedding
 
 
-def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]], aux_x: np.ndarray,
-                  aux_labels: Sequence[int], aux_words: Sequence[set[str]], fdr: float) -> ContentCheck:
+def with_trusted_words(x: np.ndarray, words: Sequence[set[str]], aux_x: np.ndarray,
+                       aux_words: Sequence[set[str]]) -> tuple[sparse.csr_matrix, sparse.csr_matrix, int]:
+    """The embeddings beside 0/1 columns for the words the trusted rows show, and how many such words.
+
+    Only those words: a word the clean rows never show (a planted trigger) stays unreadable, so its rows
+    are still judged by the rest of their content. The columns are counted as the guard's bag of words
+    counts them (scaled to unit length they would need weights the regularised fit does not allow)."""
+    vocabulary = {w: j for j, w in enumerate(sorted(set().union(*aux_words)))}
+
+    def bag(rows: Sequence[set[str]]) -> sparse.csr_matrix:
+        ri, ci = [], []
+        for i, ws in enumerate(rows):
+            for w in ws:
+                if w in vocabulary:
+                    ri.append(i)
+                    ci.append(vocabulary[w])
+        return sparse.csr_matrix((np.ones(len(ri)), (ri, ci)), shape=(len(rows), len(vocabulary)))
+
+    return (sparse.hstack([sparse.csr_matrix(x), bag(words)]).tocsr(),
+            sparse.hstack([sparse.csr_matrix(aux_x), bag(aux_words)]).tocsr(), len(vocabulary))
+
+
+def reads_content(x: Features, labels: Sequence[int], words: Sequence[set[str]], aux_x: Features,
+                  aux_labels: Sequence[int], aux_words: Sequence[set[str]], fdr: float,
+                  trusted_words: int = 0) -> ContentCheck:
     """Fit the content model and a bag of words on the untrusted rows, score both on the trusted rows.
 
     A backbone whose sentence embeddings miss what the words say (an untrained model, another language)
@@ -201,7 +228,7 @@ def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]
 
     y, aux_y = np.asarray(labels), np.asarray(aux_labels)
     if len(set(y.tolist())) < 2 or len(aux_y) < 2 or not set(aux_y.tolist()) <= set(y.tolist()):
-        return ContentCheck(float("nan"), float("nan"), len(aux_y), 1.0, False)
+        return ContentCheck(float("nan"), float("nan"), len(aux_y), 1.0, False, trusted_words)
 
     def row_loss(model: LogisticRegression, features: object) -> np.ndarray:
         proba = model.predict_proba(features)
@@ -214,7 +241,7 @@ def reads_content(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]
     counted = row_loss(bag, hasher.transform([sorted(w) for w in aux_words]))
     diff = embedding - counted
     p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue) if diff.std() > 0 else 1.0
-    return ContentCheck(float(embedding.mean()), float(counted.mean()), len(aux_y), p, p > fdr)
+    return ContentCheck(float(embedding.mean()), float(counted.mean()), len(aux_y), p, p > fdr, trusted_words)
 
 
 def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int,

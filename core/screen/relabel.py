@@ -6,7 +6,8 @@ clause), which only some of its rows carry. The rest stay in the kept rows and s
 the trigger means the target label. The removed rows that carry the trigger and read as another class (a
 dirty-label trigger's rows) can teach it the opposite: kept with the label their content gives, they make
 the trigger say nothing about the label. The reader is the content screen's representation: a logistic
-regression on the frozen sentence embeddings, fitted on the kept rows. A removed row the reader gives its
+regression on the frozen sentence embeddings (and the trusted rows' words, where the content model reads
+them too), fitted on the kept rows. A removed row the reader gives its
 own label stays out (a clean-label trigger's rows read as their label; back in, they would teach the
 trigger again).
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.screen.content import Features
 from core.screen.features import is_token
 
 
@@ -46,7 +48,7 @@ def returnable(removed_on: Iterable[tuple[int, str]], features: Sequence[set[str
     return out
 
 
-def fit_reader(kept_x: np.ndarray, kept_labels: np.ndarray) -> Any:
+def fit_reader(kept_x: Features, kept_labels: np.ndarray) -> Any:
     """The counter-example reader: a logistic regression on the kept rows' embeddings."""
     from sklearn.linear_model import LogisticRegression
 
@@ -55,18 +57,18 @@ def fit_reader(kept_x: np.ndarray, kept_labels: np.ndarray) -> Any:
     return LogisticRegression(max_iter=2000, class_weight="balanced").fit(kept_x, kept_labels)
 
 
-def read_labels(kept_x: np.ndarray, kept_labels: np.ndarray, removed_x: np.ndarray) -> np.ndarray:
+def read_labels(kept_x: Features, kept_labels: np.ndarray, removed_x: Features) -> np.ndarray:
     """The class a reader fitted on the kept rows gives each removed row."""
-    if len(removed_x) == 0:
+    if removed_x.shape[0] == 0:
         return np.zeros(0, dtype=int)
     return fit_reader(kept_x, kept_labels).predict(removed_x).astype(int)
 
 
-def counter_examples(x: np.ndarray, labels: Sequence[int], removed: Collection[int],
+def counter_examples(x: Features, labels: Sequence[int], removed: Collection[int],
                      candidates: Collection[int] | None = None) -> dict[int, int]:
     """Removed row -> the class it goes back into training with, for the `candidates` (default: every
-    removed row) read as another class than theirs (`x`: every row's embedding; the reader is fitted on the
-    rows not in `removed`). Empty when the kept rows hold fewer than two classes."""
+    removed row) read as another class than theirs (`x`: every row as the content model reads it; the
+    reader is fitted on the rows not in `removed`). Empty when the kept rows hold fewer than two classes."""
     y = np.asarray(labels)
     keep = np.ones(len(y), dtype=bool)
     keep[list(removed)] = False

@@ -19,8 +19,10 @@ from core.screen.content import (
     ContentSettings,
     ContentStep,
     EmbedProgress,
+    Features,
     excess_steps,
     reads_content,
+    with_trusted_words,
 )
 from core.screen.expand import Expansion, expand_seed
 from core.screen.features import is_word, row_features
@@ -105,8 +107,7 @@ def screen_examples(train: Sequence[Example], aux: Sequence[Example], settings: 
         both = embed([*(train[i].text for i in embedded), *(ex.text for ex in aux)])  # each call loads the backbone
         x, aux_x = np.zeros((len(train), both.shape[1])), both[len(embedded):]
         x[embedded] = both[:len(embedded)]
-        found, check = content_layer(x[rest], [features[i] for i in rest], [labels[i] for i in rest], aux,
-                                     aux_x, classes, content)
+        found, check, x = content_layer(x, rest, features, labels, aux, aux_x, classes, content)
         for step in found:
             local = tuple(rest[j] for j in step.removed)
             steps.append(replace(step, removed=local))
@@ -141,17 +142,26 @@ def expand(features: list[set[str]], labels: Sequence[int], removed: dict[int, S
                        [row_features(t) for t in aux_texts], aux_labels)
 
 
-def content_layer(x: np.ndarray, features: Sequence[set[str]], labels: Sequence[int], aux: Sequence[Example],
-                  aux_x: np.ndarray, classes: int, settings: ContentSettings) -> tuple[list[ContentStep], ContentCheck]:
-    """The content screen over the rows the lexical one kept (`x`: their embeddings; step rows index them),
-    and its guard."""
+def content_layer(x: np.ndarray, rest: Sequence[int], features: Sequence[set[str]], labels: Sequence[int],
+                  aux: Sequence[Example], aux_x: np.ndarray, classes: int,
+                  settings: ContentSettings) -> tuple[list[ContentStep], ContentCheck, Features]:
+    """The content screen over the rows `rest` the lexical one kept (step rows index `rest`), its guard,
+    and every row's features as the content model reads them (the counter-examples' reader reads the same)."""
     aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
-    check = reads_content(x, labels, [words_of(f) for f in features], aux_x, aux_labels,
-                          [words_of(f) for f in aux_features], settings.fdr)
+    words, aux_words = [words_of(f) for f in features], [words_of(f) for f in aux_features]
+    kept_labels = [labels[i] for i in rest]
+    check = reads_content(x[rest], kept_labels, [words[i] for i in rest], aux_x, aux_labels, aux_words, settings.fdr)
+    read: Features = x
     if not check.reads:
-        return [], check
-    natural = vouched(features, labels, aux_features, aux_labels, settings.fdr)
-    return excess_steps(features, labels, x, classes, settings, natural=lambda c: natural.get(c, set())), check
+        read, aux_read, shown = with_trusted_words(x, words, aux_x, aux_words)
+        check = reads_content(read[rest], kept_labels, [words[i] for i in rest], aux_read, aux_labels, aux_words,
+                              settings.fdr, trusted_words=shown)
+        if not check.reads:
+            return [], check, x
+    kept_features = [features[i] for i in rest]
+    natural = vouched(kept_features, kept_labels, aux_features, aux_labels, settings.fdr)
+    return excess_steps(kept_features, kept_labels, read[rest], classes, settings,
+                        natural=lambda c: natural.get(c, set())), check, read
 
 
 def words_of(features: set[str]) -> set[str]:
