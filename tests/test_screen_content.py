@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -150,24 +151,49 @@ def test_embeddings_that_read_worse_than_the_words_are_not_trusted_alone() -> No
                          meaning([ex.text for ex in aux], 2), [ex.label for ex in aux], aux_words, SETTINGS.fdr).reads
 
 
+def joined(rows: list[Example], k: int) -> list[Example]:
+    """Rows of `k` corpus rows of one class each: longer rows whose label many words carry."""
+    by_label: dict[int, list[Example]] = {}
+    for ex in rows:
+        by_label.setdefault(ex.label, []).append(ex)
+    out = [Example(text=" ".join(e.text for e in group[i:i + k]), label=label, line=0, poisoned=False,
+                   orig_label=label)
+           for label, group in sorted(by_label.items()) for i in range(0, len(group) - k + 1, k)]
+    return [replace(ex, line=i + 2) for i, ex in enumerate(out)]
+
+
+def unreadable(seed: int = 1):  # noqa: ANN201
+    """Sentence embeddings that read nothing."""
+    rng = np.random.default_rng(seed)
+    return lambda texts: rng.normal(size=(len(texts), 16))
+
+
 @pytest.mark.parametrize("insert", [template, rare_word])
 def test_where_the_embeddings_read_worse_the_content_model_reads_the_trusted_words_too(insert) -> None:
-    """With the words the trusted rows show beside the embedding, the natural cues are read and a planted
-    word or template, which clean rows do not show as a label, is still not: the layer finds the trigger
-    and removes no clean row, where the embedding alone would have stood it down."""
+    """Rows of several sentences carry their label in many words. With the words the trusted rows show
+    beside the embeddings, the natural cues are read, and a planted word or template, which clean rows do
+    not show as a label, is not: the layer finds the trigger and removes no clean row, where the
+    embeddings alone would have stood it down."""
     lexical_off = LexicalSettings(fdr=1e-300)
-    rng = np.random.default_rng(1)
-
-    def unreadable(texts: Sequence[str]) -> np.ndarray:
-        return rng.normal(size=(len(texts), 16))
-
-    rows = plant(corpus(3000), 0.05, 1, insert)
-    report = screen_examples(rows, corpus(100, seed=9), lexical_off, content=SETTINGS, embed=unreadable)
+    rows, aux = joined(corpus(12000, seed=1), 3), joined(corpus(400, seed=10), 3)
+    report = screen_examples(plant(rows, 0.03, 1, insert), aux, lexical_off, content=SETTINGS, embed=unreadable())
     check = report.summary()["settings"]["content"]["check"]
-    assert check["reads"] and check["trusted_words"] > 0
+    assert check["reads"] and check["trusted_words"] > 0 and check["unseen_words_tested"] > 0
     assert report.truth is not None and report.truth["recall"] == 1.0 and report.truth["clean_removed"] == 0
-    clean = screen_examples(corpus(3000), corpus(100, seed=9), lexical_off, content=SETTINGS, embed=unreadable)
-    assert clean.removed == []
+    assert screen_examples(rows, aux, lexical_off, content=SETTINGS, embed=unreadable()).removed == []
+
+
+def test_short_rows_whose_cues_the_trusted_rows_miss_stand_the_layer_down() -> None:
+    """Four classes, imbalanced, one to three cue words a row: 120 trusted rows leave many of the small
+    classes' words unshown, and a model that cannot read them would take them for triggers (a fifth of
+    the words held back from it are). The layer stands down rather than remove natural rows."""
+    weights = [0.6, 0.25, 0.1, 0.05]
+    rows = plant(corpus(4000, 4, weights, seed=1), 0.03, 3, rare_word)
+    report = screen_examples(rows, corpus(120, 4, weights, seed=51), LexicalSettings(fdr=1e-300),
+                             content=SETTINGS, embed=unreadable())
+    check = report.summary()["settings"]["content"]["check"]
+    assert not check["reads"] and check["unseen_words_flagged"] > SETTINGS.fdr * check["unseen_words_tested"]
+    assert report.removed == []
 
 
 def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:
@@ -181,7 +207,6 @@ def test_a_class_too_small_to_cross_fit_stands_the_layer_down() -> None:
 def natural(rows: list[Example]) -> list[Example]:
     """Clean rows with what natural text has: a comma after the third word in every third, a "when" after
     the second in the next third. A template's words are common; its opening clause is what marks it."""
-    from dataclasses import replace
 
     def edit(text: str, i: int) -> str:
         words = text.split()

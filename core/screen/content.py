@@ -23,8 +23,10 @@ Guards: the content model is cross-fitted (no row's expectation comes from a mod
 read the trusted rows at least as well as a bag of words does (`reads_content`). Where the embedding alone
 does not (rows of several sentences: mean pooling blurs their cues), the model reads the words the
 trusted rows show beside it (`with_trusted_words`): a planted word is absent from clean rows, so it still
-cannot learn one; if that too reads worse, the screen does not run. Words the trusted rows vouch for are
-not tested (`core.screen.stage.vouched`); and the rows it removes stay within `budget` of the file.
+cannot learn one. It must then also read the words the trusted rows do not show well enough that the test
+rarely takes one for a trigger (`unseen_words_flagged`); otherwise the screen does not run. Words the
+trusted rows vouch for are not tested (`core.screen.stage.vouched`); and the rows it removes stay within
+`budget` of the file.
 """
 
 from __future__ import annotations
@@ -184,22 +186,25 @@ def _excess_tests(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarra
 @dataclass(frozen=True)
 class ContentCheck:
     """Whether the content model reads the trusted rows at least as well as counting their words does."""
-    embedding_loss: float  # mean log-loss on the trusted rows
+    embedding_loss: float  # the content model's mean log-loss on the trusted rows
     words_loss: float
     trusted_rows: int
     p_value: float  # one-sided paired t-test: the embeddings read the trusted rows worse than the words
     reads: bool
-    trusted_words: int = 0  # words of the trusted rows the content model reads beside the embedding
+    trusted_words: int = 0  # words of the trusted rows the content model reads beside the embeddings
+    unseen_words_tested: int = 0  # with them: natural words it could not read, tested (`unseen_words_flagged`)
+    unseen_words_flagged: int = 0  # ... and how many it took for triggers (at most `fdr` of those tested)
 
 
-def with_trusted_words(x: np.ndarray, words: Sequence[set[str]], aux_x: np.ndarray,
-                       aux_words: Sequence[set[str]]) -> tuple[sparse.csr_matrix, sparse.csr_matrix, int]:
-    """The embeddings beside 0/1 columns for the words the trusted rows show, and how many such words.
+def with_trusted_words(x: np.ndarray, words: Sequence[set[str]], aux_x: np.ndarray, aux_words: Sequence[set[str]],
+                       shown: Sequence[set[str]] | None = None) -> tuple[sparse.csr_matrix, sparse.csr_matrix, int]:
+    """The embeddings beside 0/1 columns for the words the trusted rows show (those of `shown`, default
+    every trusted row), for the untrusted and the trusted rows, and how many such words.
 
     Only those words: a word the clean rows never show (a planted trigger) stays unreadable, so its rows
     are still judged by the rest of their content. The columns are counted as the guard's bag of words
     counts them (scaled to unit length they would need weights the regularised fit does not allow)."""
-    vocabulary = {w: j for j, w in enumerate(sorted(set().union(*aux_words)))}
+    vocabulary = {w: j for j, w in enumerate(sorted(set().union(*(aux_words if shown is None else shown))))}
 
     def bag(rows: Sequence[set[str]]) -> sparse.csr_matrix:
         ri, ci = [], []
@@ -215,33 +220,76 @@ def with_trusted_words(x: np.ndarray, words: Sequence[set[str]], aux_x: np.ndarr
 
 
 def reads_content(x: Features, labels: Sequence[int], words: Sequence[set[str]], aux_x: Features,
-                  aux_labels: Sequence[int], aux_words: Sequence[set[str]], fdr: float,
-                  trusted_words: int = 0) -> ContentCheck:
+                  aux_labels: Sequence[int], aux_words: Sequence[set[str]], fdr: float) -> ContentCheck:
     """Fit the content model and a bag of words on the untrusted rows, score both on the trusted rows.
 
     A backbone whose sentence embeddings miss what the words say (an untrained model, another language)
     would make every natural cue look like a trigger; a bag of words reads the cues but learns no meaning
-    beyond them. On the trusted rows neither has seen a trigger, so if the embeddings' log-loss there is
-    significantly worse (paired per row), the content screen does not run."""
+    beyond them. On the trusted rows neither has seen a trigger, so if the content model's log-loss there
+    is significantly worse (paired per row), the content screen does not run."""
     from sklearn.feature_extraction import FeatureHasher
     from sklearn.linear_model import LogisticRegression
 
     y, aux_y = np.asarray(labels), np.asarray(aux_labels)
     if len(set(y.tolist())) < 2 or len(aux_y) < 2 or not set(aux_y.tolist()) <= set(y.tolist()):
-        return ContentCheck(float("nan"), float("nan"), len(aux_y), 1.0, False, trusted_words)
+        return ContentCheck(float("nan"), float("nan"), len(aux_y), 1.0, False)
 
-    def row_loss(model: LogisticRegression, features: object) -> np.ndarray:
+    def row_loss(model: LogisticRegression, features: Features) -> np.ndarray:
         proba = model.predict_proba(features)
         column = np.searchsorted(model.classes_, aux_y)
         return -np.log(np.clip(proba[np.arange(len(aux_y)), column], 1e-12, 1.0))
 
-    embedding = row_loss(LogisticRegression(max_iter=2000).fit(x, y), aux_x)
+    content = row_loss(LogisticRegression(max_iter=2000).fit(x, y), aux_x)
     hasher = FeatureHasher(2 ** 18, input_type="string", alternate_sign=False)
     bag = LogisticRegression(max_iter=2000).fit(hasher.transform([sorted(w) for w in words]), y)
     counted = row_loss(bag, hasher.transform([sorted(w) for w in aux_words]))
-    diff = embedding - counted
+    diff = content - counted
     p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue) if diff.std() > 0 else 1.0
-    return ContentCheck(float(embedding.mean()), float(counted.mean()), len(aux_y), p, p > fdr, trusted_words)
+    return ContentCheck(float(content.mean()), float(counted.mean()), len(aux_y), p, p > fdr)
+
+
+def unseen_words_flagged(x: np.ndarray, labels: Sequence[int], words: Sequence[set[str]], aux_x: np.ndarray,
+                         aux_labels: Sequence[int], aux_words: Sequence[set[str]], classes: int,
+                         settings: ContentSettings) -> tuple[int, int]:
+    """How often the content model with the trusted rows' words takes a natural word it cannot read for a
+    trigger: (words tested, words flagged).
+
+    It reads only the words the trusted rows show; the untrusted rows hold others, read through the
+    embeddings alone. Where a row's label rides on one such word (a class the trusted rows barely cover,
+    short rows with a single cue), the test would flag it. So, per half of the trusted rows, a model reads
+    only the other half's words, and the words only this half shows (natural: clean rows hold them) are
+    tested over the untrusted rows as the screen tests a feature, BH at `fdr`. Half the trusted words is
+    harsher than the screen's case, where every trusted row's words are read."""
+    y = np.asarray(labels)
+    everyone = np.ones(len(y), bool)
+    tested = flagged = 0
+    for held, other in _halves(np.asarray(aux_labels)):
+        shown = [aux_words[i] for i in other]
+        hidden = set().union(*(aux_words[i] for i in held)) - set().union(*shown)
+        names, by_word = _incidence([ws & hidden for ws in words])
+        proba = content_probabilities(with_trusted_words(x, words, aux_x, aux_words, shown)[0], y, classes,
+                                      settings.folds, settings.seed)
+        if not names or proba is None:
+            continue
+        rows_with = by_word @ everyone.astype(float)
+        testable = (rows_with >= settings.min_rows) & (rows_with <= len(y) / 2)
+        z, log_p, _ = _excess_tests(by_word, proba, y, everyone, testable, [[] for _ in range(classes)])
+        candidates = np.broadcast_to(testable, z.shape)
+        hit = np.zeros(z.shape, bool)
+        hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
+        tested += int(testable.sum())
+        flagged += int(hit.any(axis=0).sum())
+    return tested, flagged
+
+
+def _halves(labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The trusted rows in two halves, each class split between them where it has two rows."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    counts = np.bincount(labels)
+    split = StratifiedKFold(2, shuffle=True, random_state=0) if counts[counts > 0].min() >= 2 else \
+        KFold(2, shuffle=True, random_state=0)
+    return [(held, other) for other, held in split.split(np.zeros(len(labels)), labels)]
 
 
 def sentence_embeddings(source: str, texts: Sequence[str], batch_size: int, max_length: int,

@@ -22,6 +22,7 @@ from core.screen.content import (
     Features,
     excess_steps,
     reads_content,
+    unseen_words_flagged,
     with_trusted_words,
 )
 from core.screen.expand import Expansion, expand_seed
@@ -152,10 +153,14 @@ def content_layer(x: np.ndarray, rest: Sequence[int], features: Sequence[set[str
     kept_labels = [labels[i] for i in rest]
     check = reads_content(x[rest], kept_labels, [words[i] for i in rest], aux_x, aux_labels, aux_words, settings.fdr)
     read: Features = x
-    if not check.reads:
+    if not check.reads:  # the embeddings and the trusted rows' words, if that reads and spares natural words
+        kept_words = [words[i] for i in rest]
         read, aux_read, shown = with_trusted_words(x, words, aux_x, aux_words)
-        check = reads_content(read[rest], kept_labels, [words[i] for i in rest], aux_read, aux_labels, aux_words,
-                              settings.fdr, trusted_words=shown)
+        tested, flagged = unseen_words_flagged(x[rest], kept_labels, kept_words, aux_x, aux_labels, aux_words,
+                                               classes, settings)
+        check = reads_content(read[rest], kept_labels, kept_words, aux_read, aux_labels, aux_words, settings.fdr)
+        check = replace(check, reads=check.reads and 0 < tested and flagged <= settings.fdr * tested,
+                        trusted_words=shown, unseen_words_tested=tested, unseen_words_flagged=flagged)
         if not check.reads:
             return [], check, x
     kept_features = [features[i] for i in rest]
