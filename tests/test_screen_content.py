@@ -291,3 +291,14 @@ def test_natural_words_keep_their_voucher_when_a_few_look_rare_by_chance() -> No
     natural = vouched(features, [0] * 3000, aux_features, [0] * 96, fdr=0.05)
     assert set(words) <= natural[0]
     assert "w:planted" not in natural[0]
+
+
+@pytest.mark.parametrize("aux_rows", [0, 1])
+def test_too_few_trusted_rows_to_split_stand_the_layer_down(aux_rows) -> None:
+    """The check that lets the content model read the trusted rows' words splits them in two halves;
+    with fewer than two there is nothing to check it on, and the layer stands down without an error."""
+    report = screen_examples(corpus(300), corpus(aux_rows, seed=3), LexicalSettings(), content=SETTINGS,
+                             embed=unreadable())
+    check = report.summary()["settings"]["content"]["check"]
+    assert not check["reads"] and check["unseen_words_tested"] == 0
+    assert not any(r.rule == "content" for r in report.removed)

@@ -283,9 +283,12 @@ def unseen_words_flagged(x: np.ndarray, labels: Sequence[int], words: Sequence[s
 
 
 def _halves(labels: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The trusted rows in two halves, each class split between them where it has two rows."""
+    """The trusted rows in two halves (held, other), each class split between them where it has two rows;
+    none under two rows."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
+    if len(labels) < 2:
+        return []
     counts = np.bincount(labels)
     split = StratifiedKFold(2, shuffle=True, random_state=0) if counts[counts > 0].min() >= 2 else \
         KFold(2, shuffle=True, random_state=0)

@@ -1,0 +1,87 @@
+"""The benchmark files made imbalanced, for the screen and end-to-end runs on labels that are not 50/50.
+
+    .venv/bin/python bench/screen_data.py
+    .venv/bin/python bench/imbalanced.py make  [--attack badnets-0.03 ...] [--keep 0.15]
+    .venv/bin/python bench/imbalanced.py screen [--attack ...]     # both layers, cached embeddings
+
+`make` writes, per attack file and per class c in {0, 1}, `DEST/{attack}-thin{c}-{keep}.tsv`: every row of the
+other class and a seeded share `keep` of class c's rows (poisoned rows count as the class they are
+labelled), beside the aux file thinned the same way (`aux-thin{c}-{keep}.tsv`) and the file's clean rows alone
+(`{attack}-thin{c}-{keep}-clean.tsv`, for the backdoor-free model). With c = 1 the attack's target class
+(positive) is the minority; with c = 0 it is the majority.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.screen_data import OUT  # noqa: E402
+
+DEST = ROOT / "bench" / "runs" / "imbalanced"
+ATTACKS = ("clean", "badnets-0.03", "badnets-dirty-0.1", "addsent-0.03", "hiddenkiller-0.1", "stylebkd-0.1")
+
+
+def source(attack: str) -> Path:
+    return ROOT.parent / "shared" / "data" / "sst2" / "train.tsv" if attack == "clean" else OUT / f"train-{attack}.tsv"
+
+
+def thin(src: Path, dst: Path, label: str, keep: float, seed: int, clean_only: bool = False) -> int:
+    """Copy `src` keeping a share `keep` of the rows labelled `label`; the rows written."""
+    rng = random.Random(seed)
+    with src.open(newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        fields, rows = reader.fieldnames or [], list(reader)
+    out = [r for r in rows if (r["label"] != label or rng.random() < keep)
+           and not (clean_only and r.get("poisoned") == "1")]
+    with dst.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(out)
+    return len(out)
+
+
+def make(attacks: list[str], keep: float) -> None:
+    DEST.mkdir(parents=True, exist_ok=True)
+    for c in "01":
+        tag = f"thin{c}-{keep:g}"
+        thin(OUT / "aux.tsv", DEST / f"aux-{tag}.tsv", c, keep, seed=1)
+        for attack in attacks:
+            n = thin(source(attack), DEST / f"{attack}-{tag}.tsv", c, keep, seed=0)
+            thin(source(attack), DEST / f"{attack}-{tag}-clean.tsv", c, keep, seed=0, clean_only=True)
+            print(f"{attack}-{tag}.tsv: {n} rows")
+
+
+def screen(attacks: list[str], keep: float) -> None:
+    from bench.screen_eval import screened
+
+    for c in "01":
+        tag = f"thin{c}-{keep:g}"
+        for attack in attacks:
+            _, aux, report = screened(DEST / f"{attack}-{tag}.tsv", DEST / f"aux-{tag}.tsv")
+            check = report.settings.get("content", {}).get("check", {})
+            print(f"{attack} class {c} kept {keep:g}: {report.rows_in} rows, {len(aux)} aux; truth {report.truth}; "
+                  f"guard reads {check.get('reads')} (p {check.get('p_value', float('nan')):.2f}); lexical "
+                  f"{[(s.feature, s.label_rows, s.rows, s.verdict) for s in report.suspects][:4]}; content "
+                  f"{[(s.feature, s.label, s.label_rows, s.rows, round(s.expected, 1)) for s in report.content][:4]}",
+                  flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("make", "screen"))
+    p.add_argument("--attack", action="append", help=f"attack file (default: {', '.join(ATTACKS)})")
+    p.add_argument("--keep", type=float, default=0.15, help="share of the thinned class kept")
+    args = p.parse_args(argv)
+    (make if args.command == "make" else screen)(args.attack or list(ATTACKS), args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
