@@ -194,7 +194,7 @@ class ProgressBar:
                 self.bar.update(event.step - 1)  # resumed runs start mid-way
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}")
-        elif event.kind == "epoch":
+        elif event.kind == "epoch" and not event.replayed:  # a resumed run's earlier epochs were shown
             metrics = event.metrics or {}
             shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
             shown.update({k if k == FLOOR_MONITOR else f"asr:{k}": v

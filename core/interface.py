@@ -43,6 +43,9 @@ class ProgressEvent:
     eta_seconds: float | None = None
     message: str | None = None
     metrics: dict[str, Any] | None = None  # epoch events: selection accuracy, gate share, mu
+    # an epoch a resumed run's checkpoint already holds, reported again: a process killed between saving
+    # the checkpoint and reporting the epoch would otherwise never report it
+    replayed: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,9 +98,13 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny, tmp_path: Path, fam: s
 
     # A fresh process: rebuilt model, even with another head seed (the checkpoint restores the head).
     resumed, tok = _model(tiny, cfg, fam, load_seed=7)
+    epochs: list[tuple[int | None, bool]] = []
     rest = loop.train(resumed, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path / "b", resume=True,
-                      monitors={"probe": PROBE})
+                      monitors={"probe": PROBE},
+                      progress=lambda e: epochs.append((e.epoch, e.replayed)) if e.kind == "epoch" else None)
     assert rest.resumed_from_epoch == 1
+    # the checkpoint's epoch is reported again (the killed process may not have), then the new ones
+    assert epochs == [(1, True)] + [(e, False) for e in range(2, cfg.epochs + 1)]
     assert rest.best_epoch == full.best_epoch
     assert _strip_times(rest.per_epoch) == _strip_times(full.per_epoch)
     assert _same(_state(resumed), _state(straight))

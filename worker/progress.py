@@ -56,6 +56,8 @@ class ProgressRecorder:
         return json_safe({**self.state, "updated_at": int(time.time())})
 
     def _handle(self, ev: ProgressEvent) -> None:
+        if ev.replayed and any(r.get("epoch") == ev.epoch for r in self.per_epoch):
+            return  # an epoch an earlier attempt recorded
         if ev.epoch is not None:
             self.state["epoch"] = ev.epoch
         if ev.step is not None:
