@@ -293,7 +293,8 @@ def test_resume_refuses_changed_settings_and_data(tiny, tmp_path: Path) -> None:
     events: list[ProgressEvent] = []
     out = loop.train(model, tok, TRAIN, AUX, SELECT, cfg, ckpt_dir=tmp_path, resume=True,
                      progress=events.append)
-    assert out.resumed_from_epoch == 1 and out.best_epoch == 1 and not events
+    assert out.resumed_from_epoch == 1 and out.best_epoch == 1
+    assert [(e.kind, e.epoch, e.replayed) for e in events] == [("epoch", 1, True)]  # reported again, not trained
 
 
 def test_input_errors(tiny) -> None:  # type: ignore[no-untyped-def]
