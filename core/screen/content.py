@@ -119,14 +119,7 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: Feature
             return steps
         proba = np.zeros((n, classes))
         proba[keep] = fitted
-        rows_with = by_feature @ tested.astype(float)
-        testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
-        if not testable.any():
-            return steps
-        z, log_p, excess = _excess_tests(by_feature, proba, y, tested, testable, vouched)
-        candidates = np.broadcast_to(testable, z.shape)
-        hit = np.zeros(z.shape, bool)
-        hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
+        _, hit, z, log_p, excess = _one_round(by_feature, proba, y, tested, vouched, settings)
         if not hit.any():
             return steps
         c, f = np.unravel_index(int(np.argmax(np.where(hit, excess, -np.inf))), z.shape)
@@ -139,6 +132,21 @@ def excess_steps(features: Sequence[set[str]], labels: Sequence[int], x: Feature
                                  tuple(int(i) for i in drop)))
         removed[drop] = True
         tested[members] = False
+
+
+def _one_round(by_feature: sparse.csr_matrix, proba: np.ndarray, y: np.ndarray, tested: np.ndarray,
+               vouched: list[list[int]], settings: ContentSettings) -> tuple[np.ndarray, ...]:
+    """One round of the excess tests over the rows still `tested`: the features testable there (at least
+    `min_rows` of them, at most half), and per (class, feature) whether it passes BH at `fdr`, its z, log
+    p-value and excess."""
+    rows_with = by_feature @ tested.astype(float)
+    testable = (rows_with >= settings.min_rows) & (rows_with <= tested.sum() / 2)
+    z, log_p, excess = _excess_tests(by_feature, proba, y, tested, testable, vouched)
+    candidates = np.broadcast_to(testable, z.shape)
+    hit = np.zeros(z.shape, bool)
+    if testable.any():
+        hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
+    return testable, hit, z, log_p, excess
 
 
 def _incidence(features: Sequence[set[str]]) -> tuple[list[str], sparse.csr_matrix]:
@@ -267,16 +275,13 @@ def unseen_words_flagged(x: np.ndarray, labels: Sequence[int], words: Sequence[s
         shown = [aux_words[i] for i in other]
         hidden = set().union(*(aux_words[i] for i in held)) - set().union(*shown)
         names, by_word = _incidence([ws & hidden for ws in words])
+        if not names:
+            continue
         proba = content_probabilities(with_trusted_words(x, words, aux_x, aux_words, shown)[0], y, classes,
                                       settings.folds, settings.seed)
-        if not names or proba is None:
+        if proba is None:
             continue
-        rows_with = by_word @ everyone.astype(float)
-        testable = (rows_with >= settings.min_rows) & (rows_with <= len(y) / 2)
-        z, log_p, _ = _excess_tests(by_word, proba, y, everyone, testable, [[] for _ in range(classes)])
-        candidates = np.broadcast_to(testable, z.shape)
-        hit = np.zeros(z.shape, bool)
-        hit[candidates] = benjamini_hochberg(np.exp(log_p[candidates]).tolist(), settings.fdr)
+        testable, hit, *_ = _one_round(by_word, proba, y, everyone, [[] for _ in range(classes)], settings)
         tested += int(testable.sum())
         flagged += int(hit.any(axis=0).sum())
     return tested, flagged

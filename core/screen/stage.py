@@ -150,11 +150,10 @@ def content_layer(x: np.ndarray, rest: Sequence[int], features: Sequence[set[str
     and every row's features as the content model reads them (the counter-examples' reader reads the same)."""
     aux_features, aux_labels = [row_features(ex.text) for ex in aux], [ex.label for ex in aux]
     words, aux_words = [words_of(f) for f in features], [words_of(f) for f in aux_features]
-    kept_labels = [labels[i] for i in rest]
-    check = reads_content(x[rest], kept_labels, [words[i] for i in rest], aux_x, aux_labels, aux_words, settings.fdr)
+    kept_labels, kept_words = [labels[i] for i in rest], [words[i] for i in rest]
+    check = reads_content(x[rest], kept_labels, kept_words, aux_x, aux_labels, aux_words, settings.fdr)
     read: Features = x
     if not check.reads:  # the embeddings and the trusted rows' words, if that reads and spares natural words
-        kept_words = [words[i] for i in rest]
         read, aux_read, shown = with_trusted_words(x, words, aux_x, aux_words)
         tested, flagged = unseen_words_flagged(x[rest], kept_labels, kept_words, aux_x, aux_labels, aux_words,
                                                classes, settings)

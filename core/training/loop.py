@@ -215,7 +215,7 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
              if ckpt_dir is not None and config.checkpoint_every_epoch else None)
     state = ckpts.open(resume, model, config, run.opt, run.device) if ckpts is not None else TrainState()
     run.clock.global_step = state.start_epoch * run.plan.steps_per_epoch
-    for row in state.history if state.start_epoch else ():
+    for row in state.history:  # empty unless resumed
         run.emit(ProgressEvent(kind="epoch", phase="training", epoch=row["epoch"], metrics=row, replayed=True))
     for epoch in range(state.start_epoch, run.plan.run_epochs):
         _run_epoch(run, state, epoch, ckpts)
