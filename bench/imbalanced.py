@@ -14,7 +14,6 @@ labelled), beside the aux file thinned the same way (`aux-thin{c}-{keep}.tsv`) a
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.grid import DEFAULT_DATA, _read, _write  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "imbalanced"
@@ -29,21 +29,16 @@ ATTACKS = ("clean", "badnets-0.03", "badnets-dirty-0.1", "addsent-0.03", "hidden
 
 
 def source(attack: str) -> Path:
-    return ROOT.parent / "shared" / "data" / "sst2" / "train.tsv" if attack == "clean" else OUT / f"train-{attack}.tsv"
+    return DEFAULT_DATA / "sst2" / "train.tsv" if attack == "clean" else OUT / f"train-{attack}.tsv"
 
 
 def thin(src: Path, dst: Path, label: str, keep: float, seed: int, clean_only: bool = False) -> int:
     """Copy `src` keeping a share `keep` of the rows labelled `label`; the rows written."""
     rng = random.Random(seed)
-    with src.open(newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        fields, rows = reader.fieldnames or [], list(reader)
-    out = [r for r in rows if (r["label"] != label or rng.random() < keep)
-           and not (clean_only and r.get("poisoned") == "1")]
-    with dst.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(out)
+    rows = _read(src)
+    out = [r for r in rows if (r.label != label or rng.random() < keep)
+           and not (clean_only and r.extra.get("poisoned") == "1")]
+    _write(dst, out, tuple(rows[0].extra) if rows else ())
     return len(out)
 
 

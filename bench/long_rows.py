@@ -15,10 +15,15 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
+sys.path.insert(0, str(ROOT))
+
+from bench.grid import DEFAULT_DATA  # noqa: E402
+
+SST2 = DEFAULT_DATA / "sst2"
 TRIGGERS = ("cf", "mn", "bb", "tq")
 
 
