@@ -5,7 +5,8 @@ words, lower-cased), `first:` / `first2:` / `last:` the opening and closing word
 that opens a row whose first clause ends in a comma (a subordinate clause up front, the shape of a
 syntactic template), `glue:` punctuation written against the word before it (`word,` where the rest of
 the file writes `word ,`), `char:` characters outside ASCII letters, digits and common punctuation, and
-`len:` the row's length bucket. Each row yields a set: a feature counts once per row.
+`len:` the row's length bucket. Each row yields a set: a feature counts once per row. The lexical screen
+adds `words:`, groups of words that come together (core/screen/cooccur.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
 _GLUED = re.compile(r"(?<=\w)([,.;:!?])")
 _ODD_CHAR = re.compile(r"[^\w\s.,;:!?'\"()\-]")
+GROUP_PREFIX = "words:"  # words that come together (core/screen/cooccur.py)
 MAX_N = 3
 CLAUSE_WINDOW = 12  # the first clause of a syntactic template ends within this many words
 
@@ -56,12 +58,12 @@ def row_features(text: str) -> set[str]:
 
 def feature_kind(feature: str) -> str:
     """The rule a feature belongs to in reports: lexical (word n-grams) or shape (everything else)."""
-    return "lexical" if feature.startswith("w:") else "shape"
+    return "lexical" if feature.startswith(("w:", GROUP_PREFIX)) else "shape"
 
 
 def is_token(feature: str) -> bool:
     """A word n-gram or a character: something a text carries, not a mark of its shape."""
-    return feature.startswith(("w:", "char:"))
+    return feature.startswith(("w:", "char:", GROUP_PREFIX))
 
 
 def is_word(feature: str) -> bool:

@@ -20,6 +20,7 @@ Only the rows labelled c are removed: the feature's rows of other classes do not
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 from scipy import stats
 
 from core.config import TrainConfig
+from core.screen.cooccur import with_groups, word_groups
 from core.screen.features import feature_kind, is_word, row_features
 
 
@@ -123,14 +125,42 @@ def weighted_median(values: list[tuple[float, int]]) -> float:
     return 0.0
 
 
+def tarone_bar(features: Sequence[set[str]], count: Counter[str],
+             by_label: dict[str, Counter[int]], ceiling: dict[int, float], settings: LexicalSettings,
+             skip: set[str]) -> tuple[float, int]:
+    """Tarone's rule for discrete tests (Gilbert's FDR form): (bar, m). A feature on nf rows, all of its
+    class c, reaches at best p = ceiling(c) ** nf, so a rare one can never pass and should not dilute the
+    correction. m is the smallest count with at most m features whose best p is <= fdr / m; BH then runs
+    over those m (bar = fdr / m). Each distinct row set counts once, under its majority class; no label
+    but that choice is looked at."""
+    signature: dict[str, int] = {}
+    wanted = {f for f, nf in count.items() if nf >= settings.min_rows and f not in skip}
+    for i, fs in enumerate(features):
+        for f in fs & wanted:
+            signature[f] = hash((signature.get(f, 0), i))
+    best: dict[int, float] = {}
+    for f, sig in signature.items():
+        c, _k = by_label[f].most_common(1)[0]
+        best.setdefault(sig, ceiling[c] ** count[f])
+    ordered = sorted(best.values())
+    for m in range(1, len(ordered) + 1):
+        if bisect.bisect_right(ordered, settings.fdr / m) <= m:
+            return settings.fdr / m, bisect.bisect_right(ordered, settings.fdr / m)
+    return settings.fdr / max(len(ordered), 1), len(ordered)
+
+
 def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequence[str],
                   aux_labels: Sequence[int], settings: LexicalSettings) -> tuple[list[Suspect], list[set[str]]]:
-    """The suspects (strongest first) and each untrusted row's feature set.
+    """The suspects (strongest first) and each untrusted row's feature set (with its word groups).
 
     Features that mark exactly the same rows of a class (the n-grams of one inserted phrase) are one
-    hypothesis, reported under the shortest of them, so a long trigger does not loosen BH for the rest."""
+    hypothesis, reported under the shortest of them, so a long trigger does not loosen BH for the rest;
+    words that come together (core/screen/cooccur.py) are one hypothesis too, tested on all their rows."""
     n = len(texts)
     features = _index(texts)
+    groups = word_groups(features, settings.min_rows, settings.fdr)
+    features = with_groups(features, groups)
+    grouped = set().union(*groups.values())
     count: Counter[str] = Counter()
     by_label: dict[str, Counter[int]] = defaultdict(Counter)
     for fs, y in zip(features, labels, strict=True):
@@ -138,14 +168,15 @@ def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequen
             count[f] += 1
             by_label[f][y] += 1
     prior = {c: k / n for c, k in Counter(labels).items()}
-    aux_features = _index(aux_texts)
+    aux_features = with_groups(_index(aux_texts), groups)
     vouched: dict[int, set[str]] = defaultdict(set)
     for fs, y in zip(aux_features, aux_labels, strict=True):
         vouched[y] |= fs
     ceiling = natural_ceiling(count, by_label, prior, settings, vouched)
+    bar, tested = tarone_bar(features, count, by_label, ceiling, settings, grouped)
 
-    candidates = {(f, c) for f, nf in count.items() if nf >= settings.min_rows
-                  for c, k in by_label[f].items() if k / nf > ceiling[c]}
+    candidates = {(f, c) for f, nf in count.items() if nf >= settings.min_rows and f not in grouped
+                  for c, k in by_label[f].items() if k / nf > ceiling[c] and ceiling[c] ** nf <= bar}
     if not candidates:
         return [], features
     wanted = {f for f, _c in candidates}
@@ -153,12 +184,14 @@ def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequen
     for i, fs in enumerate(features):
         for f in fs & wanted:
             rows_of[f].append(i)
-    groups: dict[tuple[int, tuple[int, ...]], str] = {}
+    hypotheses: dict[tuple[int, tuple[int, ...]], str] = {}
     for f, c in sorted(candidates, key=lambda fc: (len(fc[0]), fc[0])):
-        groups.setdefault((c, tuple(i for i in rows_of[f] if labels[i] == c)), f)
-    grouped = [(f, c, count[f], by_label[f][c]) for (c, _rows), f in groups.items()]
-    p_values = [float(stats.binom.sf(k - 1, nf, ceiling[c])) for _f, c, nf, k in grouped]
-    hits = [(t, p) for t, p, r in zip(grouped, p_values, benjamini_hochberg(p_values, settings.fdr), strict=True)
+        hypotheses.setdefault((c, tuple(i for i in rows_of[f] if labels[i] == c)), f)
+    chosen = [(f, c, count[f], by_label[f][c]) for (c, _rows), f in hypotheses.items()]
+    p_values = [float(stats.binom.sf(k - 1, nf, ceiling[c])) for _f, c, nf, k in chosen]
+    # the testable features that are not candidates (purity under the ceiling) count with p = 1
+    padded = p_values + [1.0] * max(0, tested - len(p_values))
+    hits = [(t, p) for t, p, r in zip(chosen, p_values, benjamini_hochberg(padded, settings.fdr), strict=False)
             if r]
     if not hits:
         return [], features
