@@ -3,12 +3,14 @@
     .venv/bin/python bench/screen_data.py
     .venv/bin/python bench/imbalanced.py make  [--attack badnets-0.03 ...] [--keep 0.15]
     .venv/bin/python bench/imbalanced.py screen [--attack ...]     # both layers, cached embeddings
+    .venv/bin/python bench/imbalanced.py record --run DIR --arm default|free --command "muscle train ..."
 
 `make` writes, per attack file and per class c in {0, 1}, `DEST/{attack}-thin{c}-{keep}.tsv`: every row of the
 other class and a seeded share `keep` of class c's rows (poisoned rows count as the class they are
 labelled), beside the aux file thinned the same way (`aux-thin{c}-{keep}.tsv`) and the file's clean rows alone
 (`{attack}-thin{c}-{keep}-clean.tsv`, for the backdoor-free model). With c = 1 the attack's target class
-(positive) is the minority; with c = 0 it is the majority.
+(positive) is the minority; with c = 0 it is the majority. `record` appends a `muscle train` run's figures
+(its `metrics.json`) to bench/results/imbalanced.jsonl.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from bench.grid import DEFAULT_DATA, _read, _write  # noqa: E402
 from bench.screen_data import OUT  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "imbalanced"
+RESULTS = ROOT / "bench" / "results" / "imbalanced.jsonl"
 ATTACKS = ("clean", "badnets-0.03", "badnets-dirty-0.1", "addsent-0.03", "hiddenkiller-0.1", "stylebkd-0.1")
 
 
@@ -68,13 +71,39 @@ def screen(attacks: list[str], keep: float) -> None:
                   flush=True)
 
 
+def record(run: Path, arm: str, command: str, note: str | None) -> None:
+    import json
+    import shlex
+
+    m = json.loads((run / "metrics.json").read_text())
+    argv = shlex.split(command)
+    train = Path(argv[argv.index("--train") + 1]).stem if "--train" in argv else None
+    screen = m.get("screen") or {}
+    line = {"run": run.name, "file": train, "arm": arm, "cacc": m["cacc"], "asr": m["asr"],
+            "asr_floor": m.get("asr_floor"), "best_epoch": m["best_epoch"], "wall_seconds": m["wall_seconds"],
+            "screen": {k: screen.get(k) for k in ("rows_in", "rows_removed", "recall", "false_removal_rate")}
+            if screen else None, "command": command, "note": note}
+    with open(RESULTS, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    print(json.dumps(line))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("make", "screen"))
+    p.add_argument("command", choices=("make", "screen", "record"))
     p.add_argument("--attack", action="append", help=f"attack file (default: {', '.join(ATTACKS)})")
     p.add_argument("--keep", type=float, default=0.15, help="share of the thinned class kept")
+    p.add_argument("--run", type=Path, help="record: a `muscle train --out` folder")
+    p.add_argument("--arm", help="record: default (the default job) or free (the backdoor-free model)")
+    p.add_argument("--command", help="record: the command that made the run")
+    p.add_argument("--note", help="record: what the run was for")
     args = p.parse_args(argv)
-    (make if args.command == "make" else screen)(args.attack or list(ATTACKS), args.keep)
+    if args.command == "record":
+        if args.run is None or args.arm is None or args.command is None:
+            p.error("record needs --run, --arm and --command")
+        record(args.run, args.arm, args.command, args.note)
+    else:
+        (make if args.command == "make" else screen)(args.attack or list(ATTACKS), args.keep)
     return 0
 
 
