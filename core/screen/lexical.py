@@ -4,7 +4,9 @@ For each feature f (core/screen/features.py) and class c, with n_f untrusted row
 them labelled c, the screen tests H0: P(c | f) <= ceiling(c) against "purer than that", one-sided
 binomial, where ceiling(c) = prior(c) + purity * (1 - prior(c)): a share `purity` of the way from the
 class's base rate to perfect purity, so the same setting scales to balanced, imbalanced and many-class
-files. Benjamini-Hochberg keeps the expected share of natural features among the suspects at `fdr`.
+files. Benjamini-Hochberg keeps the expected share of natural features among the suspects at `fdr`,
+over the features that could pass at all (`tarone_bar`); words that come together are tested as one
+(core/screen/cooccur.py).
 
 A strong natural cue (a slur in abusive-language data, a spam phrase) passes that test as well as a
 trigger does. The trusted aux rows tell them apart where they can: a natural feature turns up there at
@@ -125,9 +127,8 @@ def weighted_median(values: list[tuple[float, int]]) -> float:
     return 0.0
 
 
-def tarone_bar(features: Sequence[set[str]], count: Counter[str],
-             by_label: dict[str, Counter[int]], ceiling: dict[int, float], settings: LexicalSettings,
-             skip: set[str]) -> tuple[float, int]:
+def tarone_bar(features: Sequence[set[str]], count: Counter[str], by_label: dict[str, Counter[int]],
+               ceiling: dict[int, float], settings: LexicalSettings, skip: set[str]) -> tuple[float, int]:
     """Tarone's rule for discrete tests (Gilbert's FDR form): (bar, m). A feature on nf rows, all of its
     class c, reaches at best p = ceiling(c) ** nf, so a rare one can never pass and should not dilute the
     correction. m is the smallest count with at most m features whose best p is <= fdr / m; BH then runs
