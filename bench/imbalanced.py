@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=float, default=0.15, help="share of the thinned class kept")
     p.add_argument("--run", type=Path, help="record: a `muscle train --out` folder")
     p.add_argument("--arm", help="record: default (the default job) or free (the backdoor-free model)")
-    p.add_argument("--command", help="record: the command that made the run")
+    p.add_argument("--command", dest="run_command", help="record: the command that made the run")
     p.add_argument("--note", help="record: what the run was for")
     args = p.parse_args(argv)
     if args.command == "record":
-        if args.run is None or args.arm is None or args.command is None:
+        if args.run is None or args.arm is None or args.run_command is None:
             p.error("record needs --run, --arm and --command")
-        record(args.run, args.arm, args.command, args.note)
+        record(args.run, args.arm, args.run_command, args.note)
     else:
         (make if args.command == "make" else screen)(args.attack or list(ATTACKS), args.keep)
     return 0
