@@ -36,9 +36,7 @@ def word_groups(features: Sequence[set[str]], min_rows: int, alpha: float) -> di
     rows, cols = (np.array(v, dtype=np.int64) for v in zip(*cells, strict=True))
     x = sparse.csr_matrix((np.ones(len(cells), dtype=np.int32), (rows, cols)), shape=(n, len(words)))
     sizes = np.asarray(x.sum(axis=0)).ravel()
-    co = sparse.triu(x.T @ x, k=1).tocoo()
-    mostly = (2 * co.data > sizes[co.row]) & (2 * co.data > sizes[co.col])
-    a, b, k = co.row[mostly], co.col[mostly], co.data[mostly]
+    a, b, k = _mostly_together(x, sizes)
     if not len(k):
         return {}
     p = stats.hypergeom.sf(k - 1, n, sizes[a], sizes[b])
@@ -58,6 +56,19 @@ def word_groups(features: Sequence[set[str]], min_rows: int, alpha: float) -> di
         names = sorted(words[j] for j in js)
         groups[GROUP_PREFIX + "|".join(w.removeprefix("w:") for w in names)] = frozenset(names)
     return groups
+
+
+def _mostly_together(x, sizes: np.ndarray, block: int = 512) -> tuple[np.ndarray, ...]:  # noqa: ANN001 - scipy csr
+    """(a, b, overlap) for the word pairs a < b each on more than half of the other's rows. The overlaps are
+    counted a block of words at a time: on long rows the full word-by-word product holds gigabytes."""
+    xt, xc = x.T.tocsr(), x.tocsc()
+    found: list[tuple[np.ndarray, ...]] = []
+    for start in range(0, x.shape[1], block):
+        co = (xt @ xc[:, start:start + block]).tocoo()
+        col = co.col + start
+        keep = (co.row < col) & (2 * co.data > sizes[co.row]) & (2 * co.data > sizes[col])
+        found.append((co.row[keep], col[keep], co.data[keep]))
+    return tuple(np.concatenate(parts) for parts in zip(*found, strict=True))
 
 
 def with_groups(features: Sequence[set[str]], groups: dict[str, frozenset[str]]) -> list[set[str]]:
