@@ -93,8 +93,9 @@ def badnets_words(words: list[str], rng: random.Random) -> list[str]:
 def test_a_small_file_whose_triggers_outweigh_its_natural_cues_is_screened() -> None:
     # 1,000 rows with weak class words: the trigger words are the file's strongest single-word cues, and
     # they must not set the purity bar they are tested against (the trusted rows never show them).
-    # Each of the 400 neutral words is on ~25 rows and could pass on its own, so the correction counts
-    # them all; the words inserted 1-3 at a time do not mostly come together, so each stands alone.
+    # The words inserted 1-3 at a time do not mostly come together, so each is tested alone; the
+    # correction counts the 66 features that could pass (bar 7.6e-4), and a word on 36 rows reaches at
+    # best 0.819^36 = 7.6e-4, a hair over it: the two commonest trigger words are found, not all four.
     train = plant(corpus(1000, cue_purity=0.3), 0.1, 1, badnets_words)
     report = screen_examples(train, corpus(100, seed=9, cue_purity=0.3), SETTINGS)
     assert report.truth is not None and report.truth["clean_removed"] == 0
