@@ -94,6 +94,17 @@ def _index(texts: Sequence[str]) -> list[set[str]]:
     return [row_features(t) for t in texts]
 
 
+def _counts(features: Sequence[set[str]], labels: Sequence[int]) -> tuple[Counter[str], dict[str, Counter[int]]]:
+    """Rows per feature, and per feature rows per label."""
+    count: Counter[str] = Counter()
+    by_label: dict[str, Counter[int]] = defaultdict(Counter)
+    for fs, y in zip(features, labels, strict=True):
+        for f in fs:
+            count[f] += 1
+            by_label[f][y] += 1
+    return count, by_label
+
+
 def natural_ceiling(count: Counter[str], by_label: dict[str, Counter[int]], prior: dict[int, float],
                     settings: LexicalSettings, vouched: dict[int, set[str]]) -> dict[int, float]:
     """Per class, the purity a suspect must beat: `purity` of the way from the base rate to 1, or, where
@@ -162,12 +173,7 @@ def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequen
     groups = word_groups(features, settings.min_rows, settings.fdr)
     features = with_groups(features, groups)
     grouped = set().union(*groups.values())
-    count: Counter[str] = Counter()
-    by_label: dict[str, Counter[int]] = defaultdict(Counter)
-    for fs, y in zip(features, labels, strict=True):
-        for f in fs:
-            count[f] += 1
-            by_label[f][y] += 1
+    count, by_label = _counts(features, labels)
     prior = {c: k / n for c, k in Counter(labels).items()}
     aux_features = with_groups(_index(aux_texts), groups)
     vouched: dict[int, set[str]] = defaultdict(set)
