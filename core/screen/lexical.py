@@ -155,10 +155,11 @@ def tarone_bar(features: Sequence[set[str]], count: Counter[str], by_label: dict
         c, _k = by_label[f].most_common(1)[0]
         best.setdefault(sig, ceiling[c] ** count[f])
     ordered = sorted(best.values())
-    for m in range(1, len(ordered) + 1):
-        if bisect.bisect_right(ordered, settings.fdr / m) <= m:
-            return settings.fdr / m, bisect.bisect_right(ordered, settings.fdr / m)
-    return settings.fdr / max(len(ordered), 1), len(ordered)
+    for m in range(1, len(ordered) + 1):  # returns by m = len(ordered) at the latest
+        passing = bisect.bisect_right(ordered, settings.fdr / m)
+        if passing <= m:
+            return settings.fdr / m, passing
+    return settings.fdr, 0  # no feature on `min_rows` rows
 
 
 def find_suspects(texts: Sequence[str], labels: Sequence[int], aux_texts: Sequence[str],
