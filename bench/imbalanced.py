@@ -3,13 +3,18 @@
     .venv/bin/python bench/screen_data.py
     .venv/bin/python bench/imbalanced.py make  [--attack badnets-0.03 ...] [--keep 0.15]
     .venv/bin/python bench/imbalanced.py screen [--attack ...]     # both layers, cached embeddings
+    .venv/bin/python bench/imbalanced.py onedraw [--keep 0.15]   # after `make --attack clean`
     .venv/bin/python bench/imbalanced.py record --run DIR --arm default|free --command "muscle train ..."
 
 `make` writes, per attack file and per class c in {0, 1}, `DEST/{attack}-thin{c}-{keep}.tsv`: every row of the
 other class and a seeded share `keep` of class c's rows (poisoned rows count as the class they are
 labelled), beside the aux file thinned the same way (`aux-thin{c}-{keep}.tsv`) and the file's clean rows alone
 (`{attack}-thin{c}-{keep}-clean.tsv`, for the backdoor-free model). With c = 1 the attack's target class
-(positive) is the minority; with c = 0 it is the majority. `record` appends a `muscle train` run's figures
+(positive) is the minority; with c = 0 it is the majority. `onedraw` poisons the thinned clean files
+themselves with Badnets of one draw a row (OpenBackdoor's default `num_triggers=1`), clean- and dirty-label
+at 1, 3 and 10% of the thinned file: `onedraw-{mode}-{rate}-thin{c}-{keep}.tsv` and its clean rows alone
+(`...-clean.tsv`), beside `probe-badnets1.tsv` (SST-2's test negatives with one draw each, labelled
+positive: the attack's own probe, `--probe-file badnets1=...`). `record` appends a `muscle train` run's figures
 (its `metrics.json`) to bench/results/imbalanced.jsonl.
 """
 
@@ -24,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.grid import DEFAULT_DATA, _read, _write  # noqa: E402
-from bench.screen_data import OUT  # noqa: E402
+from bench.screen_data import OUT, SEED  # noqa: E402
 
 DEST = ROOT / "bench" / "runs" / "imbalanced"
 RESULTS = ROOT / "bench" / "results" / "imbalanced.jsonl"
@@ -54,6 +59,35 @@ def make(attacks: list[str], keep: float) -> None:
             n = thin(source(attack), DEST / f"{attack}-{tag}.tsv", c, keep, seed=0)
             thin(source(attack), DEST / f"{attack}-{tag}-clean.tsv", c, keep, seed=0, clean_only=True)
             print(f"{attack}-{tag}.tsv: {n} rows")
+
+
+def onedraw(keep: float) -> None:
+    import functools
+    from types import SimpleNamespace
+
+    from core.attacks.poison import poison_examples
+    from core.attacks.triggers import badnets
+    from core.data.dataset import Example
+
+    one = functools.partial(badnets, num=1)
+    for c in "01":
+        tag = f"thin{c}-{keep:g}"
+        rows = _read(DEST / f"clean-{tag}.tsv")
+        examples = [Example(text=r.text, label=int(r.label), line=r.line) for r in rows]
+        for mode in ("clean", "dirty"):
+            for rate in (0.01, 0.03, 0.1):
+                out = poison_examples(examples, one, rate, 1, mode, SEED)
+                written = [SimpleNamespace(text=e.text, label=str(e.label), extra={
+                    "poisoned": str(int(bool(e.poisoned))), "orig_label": str(e.orig_label)}) for e in out]
+                name = f"onedraw-{mode}-{rate:g}-{tag}"
+                _write(DEST / f"{name}.tsv", written, ("poisoned", "orig_label"))
+                _write(DEST / f"{name}-clean.tsv", [r for r in written if r.extra["poisoned"] == "0"],
+                       ("poisoned", "orig_label"))
+                print(f"{name}.tsv: {len(out)} rows, {sum(bool(e.poisoned) for e in out)} poisoned")
+    rng = random.Random(7)
+    probe = [SimpleNamespace(text=one(r.text, rng), label="1", extra={"orig_label": "0"})
+             for r in _read(DEFAULT_DATA / "sst2" / "test.tsv") if r.label == "0"]
+    _write(DEST / "probe-badnets1.tsv", probe, ("orig_label",))
 
 
 def screen(attacks: list[str], keep: float) -> None:
@@ -90,7 +124,7 @@ def record(run: Path, arm: str, command: str, note: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("make", "screen", "record"))
+    p.add_argument("command", choices=("make", "onedraw", "screen", "record"))
     p.add_argument("--attack", action="append", help=f"attack file (default: {', '.join(ATTACKS)})")
     p.add_argument("--keep", type=float, default=0.15, help="share of the thinned class kept")
     p.add_argument("--run", type=Path, help="record: a `muscle train --out` folder")
@@ -102,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.run is None or args.arm is None or args.run_command is None:
             p.error("record needs --run, --arm and --command")
         record(args.run, args.arm, args.run_command, args.note)
+    elif args.command == "onedraw":
+        onedraw(args.keep)
     else:
         (make if args.command == "make" else screen)(args.attack or list(ATTACKS), args.keep)
     return 0
