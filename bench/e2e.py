@@ -304,6 +304,9 @@ def methods_table(records: dict[str, dict[str, Any]], tag: str, rate: float = 0.
             cells.append(f"{pct(rec['cacc'])} / {pct(rec['asr'][PROBE[attack]])}{found}")
             walls.append(rec["wall_seconds"] / 60)
         wall = f"{sorted(walls)[len(walls) // 2]:.1f}" if walls else "-"
+        ran = [by[(a, rate, arm)] for a in METHOD_ATTACKS if (a, rate, arm) in by]
+        if arm in ("lora", "muscle") and ran and not any(r.get("screen") for r in ran):  # run with screen=false
+            label = label.removeprefix("screen + ") + ", no screen"
         out.append(f"| {label} | {' | '.join(cells)} | {wall} |")
     return "\n".join(out)
 
