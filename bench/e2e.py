@@ -290,7 +290,7 @@ def methods_table(records: dict[str, dict[str, Any]], tag: str, rate: float = 0.
     by = {(r["attack"], r["rate"], r["arm"]): r for r in records.values() if r["tag"] == tag}
     out = [f"| method | {' | '.join(METHOD_ATTACKS)} | wall per job (min, median) |", "|" + " --- |" * 7]
     for arm, label in METHOD_ROWS.items():
-        cells, walls = [], []
+        cells, walls, screened = [], [], False
         for attack in METHOD_ATTACKS:
             rec = by.get((attack, rate, arm))
             if rec is None and arm == "free":
@@ -300,12 +300,12 @@ def methods_table(records: dict[str, dict[str, Any]], tag: str, rate: float = 0.
                 cells.append("-")
                 continue
             s = rec.get("screen") or {}
+            screened |= bool(s)
             found = f" ({pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))})" if s and arm != "free" else ""
             cells.append(f"{pct(rec['cacc'])} / {pct(rec['asr'][PROBE[attack]])}{found}")
             walls.append(rec["wall_seconds"] / 60)
         wall = f"{sorted(walls)[len(walls) // 2]:.1f}" if walls else "-"
-        ran = [by[(a, rate, arm)] for a in METHOD_ATTACKS if (a, rate, arm) in by]
-        if arm in ("lora", "muscle") and ran and not any(r.get("screen") for r in ran):  # run with screen=false
+        if arm in ("lora", "muscle") and walls and not screened:  # run with screen=false
             label = label.removeprefix("screen + ") + ", no screen"
         out.append(f"| {label} | {' | '.join(cells)} | {wall} |")
     return "\n".join(out)

@@ -63,31 +63,29 @@ def make(attacks: list[str], keep: float) -> None:
 
 def onedraw(keep: float) -> None:
     import functools
-    from types import SimpleNamespace
 
     from core.attacks.poison import poison_examples
     from core.attacks.triggers import badnets
     from core.data.dataset import Example
+    from core.data.table import write_table
 
     one = functools.partial(badnets, num=1)
+    columns = ["text", "label", "poisoned", "orig_label"]
     for c in "01":
         tag = f"thin{c}-{keep:g}"
-        rows = _read(DEST / f"clean-{tag}.tsv")
-        examples = [Example(text=r.text, label=int(r.label), line=r.line) for r in rows]
+        examples = [Example(text=r.text, label=int(r.label), line=r.line) for r in _read(DEST / f"clean-{tag}.tsv")]
         for mode in ("clean", "dirty"):
             for rate in (0.01, 0.03, 0.1):
-                out = poison_examples(examples, one, rate, 1, mode, SEED)
-                written = [SimpleNamespace(text=e.text, label=str(e.label), extra={
-                    "poisoned": str(int(bool(e.poisoned))), "orig_label": str(e.orig_label)}) for e in out]
+                out = [{"text": e.text, "label": str(e.label), "poisoned": str(int(bool(e.poisoned))),
+                        "orig_label": str(e.orig_label)} for e in poison_examples(examples, one, rate, 1, mode, SEED)]
                 name = f"onedraw-{mode}-{rate:g}-{tag}"
-                _write(DEST / f"{name}.tsv", written, ("poisoned", "orig_label"))
-                _write(DEST / f"{name}-clean.tsv", [r for r in written if r.extra["poisoned"] == "0"],
-                       ("poisoned", "orig_label"))
-                print(f"{name}.tsv: {len(out)} rows, {sum(bool(e.poisoned) for e in out)} poisoned")
+                write_table(DEST / f"{name}.tsv", out, columns)
+                write_table(DEST / f"{name}-clean.tsv", [r for r in out if r["poisoned"] == "0"], columns)
+                print(f"{name}.tsv: {len(out)} rows, {sum(r['poisoned'] == '1' for r in out)} poisoned")
     rng = random.Random(7)
-    probe = [SimpleNamespace(text=one(r.text, rng), label="1", extra={"orig_label": "0"})
-             for r in _read(DEFAULT_DATA / "sst2" / "test.tsv") if r.label == "0"]
-    _write(DEST / "probe-badnets1.tsv", probe, ("orig_label",))
+    write_table(DEST / "probe-badnets1.tsv", [{"text": one(r.text, rng), "label": "1", "orig_label": "0"}
+                                              for r in _read(DEFAULT_DATA / "sst2" / "test.tsv") if r.label == "0"],
+                ["text", "label", "orig_label"])
 
 
 def screen(attacks: list[str], keep: float) -> None:
