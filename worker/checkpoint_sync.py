@@ -1,9 +1,10 @@
 """A job's epoch checkpoints in the artifact store, so any worker resumes it, not only the one whose disk
 holds them (a lost host takes its work folder with it).
 
-After each epoch the new checkpoint files go up, then a manifest naming the complete set; files the
-manifest no longer names are deleted last. A reader trusts only the manifest, so a worker that dies
-mid-upload leaves the previous epoch's set intact.
+After each epoch the changed checkpoint files go up under keys that name their content (a file is never
+overwritten in place), then a manifest naming the complete set; objects the manifest no longer names are
+deleted last. A reader trusts only the manifest, so a worker that dies mid-upload leaves the previous
+epoch's set intact, and a pull that fails half way leaves nothing behind to resume from.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class CheckpointSync:
         self.folder = folder
         self.pushed: dict[str, str] = {}  # file name -> sha256 already in the store
 
+    def key(self, name: str, digest: str) -> str:
+        """Where one version of a checkpoint file lives: the next epoch's version goes to a new key."""
+        return f"{self.prefix}{digest[:16]}-{name}"
+
     def _manifest(self) -> dict[str, str]:
         try:
             return dict(json.loads(self.store.get_bytes(self.prefix + MANIFEST)))
@@ -33,32 +38,40 @@ class CheckpointSync:
             return {}
 
     def push(self) -> None:
-        """Upload what changed since the last push, then the manifest, then drop files no longer named."""
+        """Upload what changed since the last push, then the manifest, then drop the versions it no longer
+        names."""
         files = {p.name: p for p in sorted(self.folder.glob("*.safetensors"))} if self.folder.is_dir() else {}
         if not files:
             return
         current = {name: sha256_file(path) for name, path in files.items()}
         for name, digest in current.items():
             if self.pushed.get(name) != digest:
-                self.store.put_file(self.prefix + name, files[name])
+                self.store.put_file(self.key(name, digest), files[name])
         self.store.put_bytes(self.prefix + MANIFEST, json.dumps(current, sort_keys=True).encode())
-        for name in set(self.pushed) - set(current):
-            self.store.delete(self.prefix + name)
+        for name, digest in self.pushed.items():
+            if current.get(name) != digest:
+                self.store.delete(self.key(name, digest))
         self.pushed = current
 
     def pull(self) -> list[str]:
         """Fetch the last pushed set into an empty local folder; the names fetched (none when the local
-        folder already holds checkpoints or the store has none)."""
+        folder already holds checkpoints or the store has none). On any failure the files fetched so far
+        are removed, so the job starts over rather than from part of a set."""
         if self.folder.is_dir() and any(self.folder.glob("*.safetensors")):
             return []
         manifest = self._manifest()
         if not manifest:
             return []
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name, digest in manifest.items():
-            self.store.download(self.prefix + name, self.folder / name)
-            if sha256_file(self.folder / name) != digest:
-                raise RuntimeError(f"checkpoint {name} in the store does not match its manifest")
+        try:
+            for name, digest in manifest.items():
+                self.store.download(self.key(name, digest), self.folder / name)
+                if sha256_file(self.folder / name) != digest:
+                    raise RuntimeError(f"checkpoint {name} in the store does not match its manifest")
+        except BaseException:
+            for name in manifest:
+                (self.folder / name).unlink(missing_ok=True)
+            raise
         self.pushed = dict(manifest)
         log.info("fetched checkpoints %s from the store", sorted(manifest))
         return sorted(manifest)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from core.service.archive import sha256_file
 from core.service.artifacts import LocalArtifactStore
 from worker.checkpoint_sync import CheckpointSync
 
@@ -18,11 +19,12 @@ def test_push_then_pull_on_another_disk_and_stale_files_go(tmp_path: Path) -> No
     (here / "best-epoch1.safetensors").write_bytes(b"best1")
     pusher = CheckpointSync(store, "job_x", here)
     pusher.push()
+    epoch1 = {name: pusher.key(name, digest) for name, digest in pusher.pushed.items()}
     (here / "best-epoch1.safetensors").unlink()  # epoch 2 is better: the engine replaced the best file
     (here / "best-epoch2.safetensors").write_bytes(b"best2")
     (here / "last.safetensors").write_bytes(b"epoch2")
     pusher.push()
-    assert store.size("jobs/job_x/checkpoints/best-epoch1.safetensors") is None
+    assert all(store.size(key) is None for key in epoch1.values())  # epoch 1's versions are gone
 
     there = tmp_path / "b" / "checkpoints"
     assert CheckpointSync(store, "job_x", there).pull() == ["best-epoch2.safetensors", "last.safetensors"]
@@ -39,6 +41,41 @@ def test_a_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> N
     here.mkdir()
     (here / "last.safetensors").write_bytes(b"epoch1")
     CheckpointSync(store, "job_x", here).push()
-    store.put_bytes("jobs/job_x/checkpoints/last.safetensors", b"half-written")
+    sync = CheckpointSync(store, "job_x", here)
+    store.put_bytes(sync.key("last.safetensors", sha256_file(here / "last.safetensors")), b"corrupted")
     with pytest.raises(RuntimeError, match="does not match"):
         CheckpointSync(store, "job_x", tmp_path / "b").pull()
+
+
+def test_a_worker_killed_between_a_file_and_the_manifest_leaves_the_last_complete_set(tmp_path: Path) -> None:
+    """The next epoch's file reaches the store but its manifest never does: a reader gets the previous
+    epoch's set, whole."""
+    store = LocalArtifactStore(tmp_path / "store")
+    here = tmp_path / "a"
+    here.mkdir()
+    (here / "last.safetensors").write_bytes(b"epoch2")
+    pusher = CheckpointSync(store, "job_x", here)
+    pusher.push()
+    (here / "last.safetensors").write_bytes(b"epoch3")
+    store.put_file(pusher.key("last.safetensors", sha256_file(here / "last.safetensors")),
+                   here / "last.safetensors")  # what push uploads first; then the host is gone
+
+    there = tmp_path / "b"
+    assert CheckpointSync(store, "job_x", there).pull() == ["last.safetensors"]
+    assert (there / "last.safetensors").read_bytes() == b"epoch2"
+
+
+def test_a_pull_that_fails_half_way_leaves_no_files_to_resume_from(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    here = tmp_path / "a"
+    here.mkdir()
+    (here / "best-epoch1.safetensors").write_bytes(b"best1")
+    (here / "last.safetensors").write_bytes(b"epoch1")
+    pusher = CheckpointSync(store, "job_x", here)
+    pusher.push()
+    store.delete(pusher.key("last.safetensors", pusher.pushed["last.safetensors"]))
+
+    there = tmp_path / "b"
+    with pytest.raises(KeyError):
+        CheckpointSync(store, "job_x", there).pull()
+    assert not list(there.glob("*.safetensors"))
