@@ -40,15 +40,17 @@ from bench.screen_data import probe_path, train_path  # noqa: E402
 
 RUNS = ROOT / "bench" / "runs" / "e2e"
 RESULTS = ROOT / "bench" / "results" / "e2e.jsonl"
-# Extra `muscle train` arguments per arm; every arm but "free" trains on the whole poisoned file.
+# Extra `muscle train` arguments per arm; every arm but the backdoor-free ones trains on the whole poisoned file.
 ARMS: dict[str, list[str]] = {
     "free": ["--set", "screen=false"],
+    "lora-free": ["--method", "lora", "--set", "screen=false"],
     "default": [],
     "noscreen": ["--set", "screen=false"],
     "lora": ["--method", "lora"],
     "muscle": ["--method", "muscle"],
 }
 FILTERS = ("bki", "cube")
+CLEAN_ONLY = ("free", "lora-free")  # arms trained on the file's clean rows alone
 
 
 def run_dir(attack: str, rate: float, arm: str, tag: str) -> Path:
@@ -78,7 +80,7 @@ def train_argv(train: Path, out: Path, extra: list[str], sets: list[str]) -> lis
 
 
 def command(attack: str, rate: float, arm: str, out: Path, sets: list[str]) -> list[str]:
-    train = clean_only(attack, rate) if arm == "free" else train_path(attack, rate)
+    train = clean_only(attack, rate) if arm in CLEAN_ONLY else train_path(attack, rate)
     return train_argv(train, out, ARMS[arm], sets)
 
 
@@ -279,7 +281,8 @@ def seeds_table(records: dict[str, dict[str, Any]], tags: list[str]) -> str:
 
 
 METHOD_ROWS = {"free": "backdoor-free model (clean rows only)", "default": "**screen + vanilla (the default job)**",
-               "noscreen": "vanilla, no screen", "lora": "screen + lora", "muscle": "screen + muscle (default profile)",
+               "noscreen": "vanilla, no screen", "lora": "screen + lora",
+               "lora-free": "backdoor-free model, lora", "muscle": "screen + muscle (default profile)",
                "bki": "BKI (victim 10 epochs, filter, 5 epochs)", "cube": "CUBE (victim 1 epoch, filter, 5 epochs)"}
 METHOD_ATTACKS = ("badnets", "badnets-dirty", "addsent", "hiddenkiller", "stylebkd")
 
@@ -301,7 +304,8 @@ def methods_table(records: dict[str, dict[str, Any]], tag: str, rate: float = 0.
                 continue
             s = rec.get("screen") or {}
             screened |= bool(s)
-            found = f" ({pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))})" if s and arm != "free" else ""
+            filtered = s and arm not in CLEAN_ONLY
+            found = f" ({pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))})" if filtered else ""
             cells.append(f"{pct(rec['cacc'])} / {pct(rec['asr'][PROBE[attack]])}{found}")
             walls.append(rec["wall_seconds"] / 60)
         wall = f"{sorted(walls)[len(walls) // 2]:.1f}" if walls else "-"
