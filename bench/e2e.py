@@ -155,7 +155,8 @@ def record(args: argparse.Namespace) -> int:
                 continue
             m = json.loads(metrics_path.read_text())
             tag, rest = name.split("-", 1)
-            attack, rate, arm = rest.rsplit("-", 2)
+            arm = max((a for a in (*ARMS, *FILTERS) if rest.endswith(f"-{a}")), key=len)  # arms may hold "-"
+            attack, rate = rest.removesuffix(f"-{arm}").rsplit("-", 1)
             screen = m.get("screen") or filter_screen(metrics_path.parent / "filter.json")
             fh.write(json.dumps({
                 "run": name, "tag": tag, "attack": attack, "rate": float(rate), "arm": arm,
