@@ -305,7 +305,7 @@ def methods_table(records: dict[str, dict[str, Any]], tag: str, rate: float = 0.
                 continue
             s = rec.get("screen") or {}
             screened |= bool(s)
-            filtered = s and arm not in CLEAN_ONLY
+            filtered = bool(s) and arm not in CLEAN_ONLY
             found = f" ({pct(s.get('recall'))} / {pct(s.get('false_removal_rate'))})" if filtered else ""
             cells.append(f"{pct(rec['cacc'])} / {pct(rec['asr'][PROBE[attack]])}{found}")
             walls.append(rec["wall_seconds"] / 60)
