@@ -40,9 +40,9 @@ def test_a_file_that_does_not_match_the_manifest_is_refused(tmp_path: Path) -> N
     here = tmp_path / "a"
     here.mkdir()
     (here / "last.safetensors").write_bytes(b"epoch1")
-    CheckpointSync(store, "job_x", here).push()
-    sync = CheckpointSync(store, "job_x", here)
-    store.put_bytes(sync.key("last.safetensors", sha256_file(here / "last.safetensors")), b"corrupted")
+    pusher = CheckpointSync(store, "job_x", here)
+    pusher.push()
+    store.put_bytes(pusher.key("last.safetensors", pusher.pushed["last.safetensors"]), b"corrupted")
     with pytest.raises(RuntimeError, match="does not match"):
         CheckpointSync(store, "job_x", tmp_path / "b").pull()
 
