@@ -113,6 +113,11 @@ class TrainConfig(BaseModel):
     """How mu grows: per_epoch (authors) or linear_step (paper)."""
     aux_batch_size: int = Field(32, ge=1)  # one clean minibatch per step
     """Clean auxiliary rows in the reference batch of each step."""
+    # ~100 trusted rows are soon fitted and their gradient vanishes (bench/notes/muscle-efficacy-study.md);
+    # the rows the screen kept are many more and, bar what it missed, clean.
+    ga_reference: Literal["aux", "kept"] = "aux"
+    """The clean rows gradient alignment aligns to: the trusted aux rows (authors), or the rows the screen
+    kept (the rows the job trains on; needs `screen`)."""
     # ours: an average of g_c over steps is never exactly zero once the aux rows are fitted, and varies less
     # from step to step than one batch's g_c. It holds clean-label Badnets out on full SST-2 but costs clean
     # accuracy (MiniLM: about 66% on the selection rows after two epochs, 75-78% without it; the runs are in
@@ -228,6 +233,9 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         if self.mslr_scales is not None and not self.mslr_scales:
             raise ValueError("mslr_scales must not be empty")
+        if self.ga_reference == "kept" and not self.screen and self.parts["ga"]:
+            raise ValueError("ga_reference=kept aligns to the rows the screen kept; with screen=false they are "
+                             "the untrusted rows themselves: set ga_reference=aux or turn the screen on")
         return self
 
     @property
