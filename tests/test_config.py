@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from core.config import CANARY_FIELDS, REFERENCE, TrainConfig, fields_with, resolve_config
 
@@ -54,3 +55,11 @@ def test_unknown_profile_and_setting_are_refused() -> None:
 def test_target_label_may_be_an_integer() -> None:
     assert resolve_config("default", {"target_label": 1}).target_label == "1"
     assert resolve_config("default", {"target_label": "pos"}).target_label == "pos"
+
+
+def test_aligning_to_the_kept_rows_needs_the_screen() -> None:
+    with pytest.raises(ValidationError, match="ga_reference=kept .* screen=false"):
+        resolve_config("default", {"method": "muscle", "ga_reference": "kept", "screen": False})
+    assert resolve_config("default", {"method": "muscle", "ga_reference": "kept"}).ga_reference == "kept"
+    # a method without alignment never reads it
+    assert not resolve_config("default", {"method": "lora", "ga_reference": "kept", "screen": False}).parts["ga"]
