@@ -226,30 +226,18 @@ def test_reference_momentum_changes_the_aligned_steps(tiny) -> None:  # type: ig
     assert not _same(_state(a), _state(b))
 
 
-def test_ga_reference_kept_aligns_to_the_rows_the_job_trains_on(tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from core.data.labels import LabelMap
-    from core.prepared import PreparedData
-    from core.stages.train import DefendedModel, train_model
+def test_ga_reference_kept_aligns_to_the_training_rows(tiny) -> None:  # type: ignore[no-untyped-def]
+    on_aux = _cfg("muscle", ga_gate_loss=None)
+    on_kept = on_aux.model_copy(update={"ga_reference": "kept"})
 
-    def staged(cfg: TrainConfig) -> dict[str, torch.Tensor]:
-        model, tok = _model(tiny, cfg)
-        built = DefendedModel(model=model, tokenizer=tok, config=cfg, family="bert", source="tiny", canary=None,
-                              head_fit=None)
-        data = PreparedData(label_map=LabelMap.from_labels(["0", "1"]), target=1, train=TRAIN, aux=AUX, select=SELECT,
-                            eval=[], probes={}, sources={})
-        train_model(built, data, tmp_path / cfg.ga_reference, lambda event: None, None, False)
-        return _state(model)
-
-    def looped(cfg: TrainConfig, reference: list[Example]) -> dict[str, torch.Tensor]:
+    def trained(cfg: TrainConfig, reference: list[Example]) -> dict[str, torch.Tensor]:
         model, tok = _model(tiny, cfg)
         loop.train(model, tok, TRAIN, reference, SELECT, cfg)
         return _state(model)
 
-    on_aux = _cfg("muscle", ga_gate_loss=None, checkpoint_every_epoch=False)
-    on_kept = on_aux.model_copy(update={"ga_reference": "kept"})
-    assert _same(staged(on_aux), looped(on_aux, AUX))
-    assert _same(staged(on_kept), looped(on_kept, TRAIN))
-    assert not _same(staged(on_kept), looped(on_aux, AUX))
+    kept = trained(on_kept, AUX)  # the aux rows given are not the reference
+    assert _same(kept, trained(on_aux, TRAIN))
+    assert not _same(kept, trained(on_aux, AUX))
 
 
 def test_zero_gradients_at_the_start_are_not_counted_as_leaks(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -78,15 +78,13 @@ class Trained:
 
 def train_model(built: DefendedModel, data: PreparedData, out_dir: Path, emit: ProgressCallback,
                 should_cancel: CancelCheck | None, resume: bool) -> Trained:
-    """Train on `data.train` (aligned on aux or, with `ga_reference=kept`, on the screened rows themselves;
-    the epoch chosen on select), checkpointing to out_dir/checkpoints."""
+    """Train on `data.train` (aligned on aux, the epoch chosen on select), checkpointing to out_dir/checkpoints."""
     from core.training.loop import train
 
     config, model, tokenizer = built.config, built.model, built.tokenizer
     emit(ProgressEvent(kind="phase", phase="training", message=f"training with {config.method}"))
     tracker = frequency_tracker(model, tokenizer, data, config, emit)
-    reference = data.train if config.ga_reference == "kept" else data.aux
-    outcome = train(model, tokenizer, data.train, reference, data.select, config,
+    outcome = train(model, tokenizer, data.train, data.aux, data.select, config,
                     ckpt_dir=out_dir / "checkpoints", progress=emit, should_cancel=should_cancel,
                     resume=resume, monitors=epoch_monitors(data), step_callback=tracker)
     analysis_files = tracker.finish(out_dir / "analysis") if tracker is not None else []

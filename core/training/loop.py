@@ -193,7 +193,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     """Train ``model`` (from `apply_defense`) in place; leaves the best epoch's weights loaded.
 
     ``train``/``aux``/``select``: objects with ``.text`` and ``.label`` (int). ``aux`` is the clean
-    reference set for gradient alignment (required when the method uses GA). ``select`` picks the
+    reference set for gradient alignment (required when the method uses GA), unless
+    ``config.ga_reference`` is ``kept``: then the screened ``train`` rows are the reference. ``select`` picks the
     best epoch (empty: the last epoch). ``monitors``: name -> rows reported per epoch, never used for
     the choice. Raises `JobCancelled` when ``should_cancel()`` turns True (polled before every step);
     the last epoch checkpoint stays in ``ckpt_dir`` for ``resume=True``. ``step_callback(model, step,
@@ -204,6 +205,8 @@ def train(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequence[
     if not train:
         raise ConfigError("no training rows")
     use_ga = bool(config.parts["ga"])
+    if getattr(config, "ga_reference", "aux") == "kept":
+        aux = train
     if use_ga and not aux:
         raise ConfigError(f"method {config.method!r} uses gradient alignment and needs clean aux rows")
     run = _setup(model, tokenizer, train, aux, select, monitors, config, use_ga)
