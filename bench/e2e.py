@@ -48,6 +48,7 @@ ARMS: dict[str, list[str]] = {
     "noscreen": ["--set", "screen=false"],
     "lora": ["--method", "lora"],
     "muscle": ["--method", "muscle"],
+    "muscle-kept": ["--method", "muscle", "--set", "ga_reference=kept"],
 }
 FILTERS = ("bki", "cube")
 CLEAN_ONLY = ("free", "lora-free")  # arms trained on the file's clean rows alone
@@ -284,6 +285,7 @@ def seeds_table(records: dict[str, dict[str, Any]], tags: list[str]) -> str:
 METHOD_ROWS = {"free": "backdoor-free model (clean rows only)", "default": "**screen + vanilla (the default job)**",
                "noscreen": "vanilla, no screen", "lora": "screen + lora",
                "lora-free": "backdoor-free model, lora", "muscle": "screen + muscle (default profile)",
+               "muscle-kept": "screen + muscle, aligned to the kept rows",
                "bki": "BKI (victim 10 epochs, filter, 5 epochs)", "cube": "CUBE (victim 1 epoch, filter, 5 epochs)"}
 METHOD_ATTACKS = ("badnets", "badnets-dirty", "addsent", "hiddenkiller", "stylebkd")
 
