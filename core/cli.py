@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.argtypes import name_path, parse_value, split_pair
-from core.config import METHODS, PROFILES, TrainConfig, resolve_config
+from core.config import METHODS, PROFILE_METHOD_VALUES, PROFILES, TrainConfig, resolve_config
 from core.errors import JobCancelled, MuscleError
 from core.metrics import FLOOR_MONITOR
 
@@ -308,6 +308,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(f"{name:24s} default={d!r:28s} reference={r!r}")
         if info.description:
             print(textwrap.fill(info.description, width=100, initial_indent="    ", subsequent_indent="    "))
+    print("\nper method, before your own settings:")
+    for profile, methods in PROFILE_METHOD_VALUES.items():
+        for method, values in methods.items():
+            print(f"  {profile:10s} {method:14s} " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
     return 0
 
 

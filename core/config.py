@@ -116,8 +116,8 @@ class TrainConfig(BaseModel):
     # ~100 trusted rows are soon fitted and their gradient vanishes (bench/notes/muscle-efficacy-study.md);
     # the rows the screen kept are many more and, bar what it missed, clean.
     ga_reference: Literal["aux", "kept"] = "aux"
-    """The clean rows gradient alignment aligns to: the trusted aux rows (authors), or the rows the screen
-    kept (the rows the job trains on; needs `screen`)."""
+    """The clean rows gradient alignment aligns to: the trusted aux rows (authors), or the kept rows, those
+    the job trains on after the screen (so it needs the screen on)."""
     # ours: an average of g_c over steps is never exactly zero once the aux rows are fitted, and varies less
     # from step to step than one batch's g_c. It holds clean-label Badnets out on full SST-2 but costs clean
     # accuracy (MiniLM: about 66% on the selection rows after two epochs, 75-78% without it; the runs are in
@@ -303,4 +303,6 @@ def resolve_config(profile: str = "default", overrides: dict[str, object] | None
     method = overrides.get("method", values.get("method", TrainConfig.model_fields["method"].default))
     values.update(PROFILE_METHOD_VALUES[profile].get(str(method), {}))
     values.update(overrides)
+    if values.get("screen") is False and "ga_reference" not in overrides:
+        values["ga_reference"] = "aux"  # no kept rows to align to: a profile's choice yields to the user's
     return TrainConfig(**values)

@@ -274,6 +274,7 @@ def test_settings_lists_every_field_with_both_profiles_and_a_description(capsys:
         head = next(i for i, line in enumerate(lines) if line.split()[0] == name)
         assert "default=" in lines[head] and "reference=" in lines[head]
         assert lines[head + 1].startswith("    ") and info.description.split()[0] in lines[head + 1]
+    assert "  default    muscle         lr=0.0005, epochs=10, ga_reference='kept'" in lines
 
 
 def test_default_job_screens_then_trains_on_the_kept_rows(tiny_bert: Path, tmp_path: Path) -> None:

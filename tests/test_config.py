@@ -61,5 +61,9 @@ def test_aligning_to_the_kept_rows_needs_the_screen() -> None:
     with pytest.raises(ValidationError, match="ga_reference=kept .* screen=false"):
         resolve_config("default", {"method": "muscle", "ga_reference": "kept", "screen": False})
     assert resolve_config("default", {"method": "muscle", "ga_reference": "kept"}).ga_reference == "kept"
+    # the default profile aligns to the kept rows; with the screen off, to the aux rows, unless asked
+    assert resolve_config("default", {"method": "muscle"}).ga_reference == "kept"
+    assert resolve_config("default", {"method": "muscle", "screen": False}).ga_reference == "aux"
+    assert resolve_config("reference", {"method": "muscle", "screen": True}).ga_reference == "aux"
     # a method without alignment never reads it
     assert not resolve_config("default", {"method": "lora", "ga_reference": "kept", "screen": False}).parts["ga"]

@@ -34,10 +34,10 @@ def test_the_parts_each_method_switches_on() -> None:
 
 
 def test_profile_values_per_method() -> None:
-    low_rank = {"lr": 5e-4, "epochs": 10}
+    low_rank, kept = {"lr": 5e-4, "epochs": 10}, {"ga_reference": "kept"}
     assert PROFILE_METHOD_VALUES == {"reference": {}, "default": {
-        "muscle": low_rank, "muscle-no-ga": low_rank, "muscle-no-ms": low_rank, "lora": low_rank,
-        "ga-only": {"epochs": 10}, "adapter": {"epochs": 10}, "prefix": {"epochs": 10}}}
+        "muscle": low_rank | kept, "muscle-no-ga": low_rank, "muscle-no-ms": low_rank | kept, "lora": low_rank,
+        "ga-only": {"epochs": 10} | kept, "adapter": {"epochs": 10}, "prefix": {"epochs": 10}}}
 
 
 def test_register_refuses_a_second_spec_of_a_name_and_a_missing_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,4 +10,4 @@ register_defense(DefenseSpec(
 register_defense(DefenseSpec(
     name="ga-only", order=80, trains="full", ga=True,
     summary="everything (full fine-tuning, classifier included)",
-    profile_values={"default": {"epochs": 10}}))
+    profile_values={"default": {"epochs": 10, "ga_reference": "kept"}}))
