@@ -5,7 +5,9 @@ Arms:
           the screen off. Its CACC is the ceiling, its ASR on each probe the floor.
   default the default job on the poisoned file (the screen on, as shipped).
   noscreen the same training on the poisoned file with the screen off.
-  lora, muscle  the screen, then that method (default profile) on the kept rows.
+  lora, muscle  the screen, then that method (default profile) on the kept rows; muscle aligned to the
+          aux rows (the authors' reference batch).
+  muscle-kept   the same, aligned to the kept rows (ga_reference=kept, the default profile's value).
   bki, cube     the baseline filter end to end, screen off (core/defenses/baselines): a vanilla victim
           trained on the poisoned file (BKI 10 epochs, CUBE 1), the filter, then 5 epochs (3 warm-up) on the
           kept rows; the filter's recall lands in the record's "screen".
@@ -47,7 +49,7 @@ ARMS: dict[str, list[str]] = {
     "default": [],
     "noscreen": ["--set", "screen=false"],
     "lora": ["--method", "lora"],
-    "muscle": ["--method", "muscle"],
+    "muscle": ["--method", "muscle", "--set", "ga_reference=aux"],
     "muscle-kept": ["--method", "muscle", "--set", "ga_reference=kept"],
 }
 FILTERS = ("bki", "cube")
@@ -284,7 +286,7 @@ def seeds_table(records: dict[str, dict[str, Any]], tags: list[str]) -> str:
 
 METHOD_ROWS = {"free": "backdoor-free model (clean rows only)", "default": "**screen + vanilla (the default job)**",
                "noscreen": "vanilla, no screen", "lora": "screen + lora",
-               "lora-free": "backdoor-free model, lora", "muscle": "screen + muscle (default profile)",
+               "lora-free": "backdoor-free model, lora", "muscle": "screen + muscle, aligned to the aux rows",
                "muscle-kept": "screen + muscle, aligned to the kept rows",
                "bki": "BKI (victim 10 epochs, filter, 5 epochs)", "cube": "CUBE (victim 1 epoch, filter, 5 epochs)"}
 METHOD_ATTACKS = ("badnets", "badnets-dirty", "addsent", "hiddenkiller", "stylebkd")
