@@ -257,12 +257,16 @@ def _encode(model: nn.Module, tokenizer: Any, train: Sequence[Any], aux: Sequenc
             config: Any) -> _Data:
     limit = effective_max_length(model, tokenizer, config.max_length, reserved=reserved_positions(model))
     inputs = model_input_names(model)
-    return _Data(
-        train_rows=encode_texts(tokenizer, [e.text for e in train], limit, keep=inputs),
-        train_labels=torch.tensor([int(e.label) for e in train], dtype=torch.long),
-        aux_rows=encode_texts(tokenizer, [e.text for e in aux], limit, keep=inputs) if use_ga else [],
-        aux_labels=torch.tensor([int(e.label) for e in aux], dtype=torch.long) if use_ga else None,
-        pad_id=pad_id_of(tokenizer), side=getattr(tokenizer, "padding_side", "right"))
+
+    def encoded(rows: Sequence[Any]) -> tuple[list[Any], torch.Tensor]:
+        return (encode_texts(tokenizer, [e.text for e in rows], limit, keep=inputs),
+                torch.tensor([int(e.label) for e in rows], dtype=torch.long))
+
+    train_rows, train_labels = encoded(train)
+    # ga_reference=kept: the reference is the training rows themselves, already encoded
+    aux_rows, aux_labels = ((train_rows, train_labels) if aux is train else encoded(aux)) if use_ga else ([], None)
+    return _Data(train_rows=train_rows, train_labels=train_labels, aux_rows=aux_rows, aux_labels=aux_labels,
+                 pad_id=pad_id_of(tokenizer), side=getattr(tokenizer, "padding_side", "right"))
 
 
 def _plan(config: Any, n: int, aux_rows: int, use_ga: bool) -> _Plan:
