@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import textwrap
@@ -378,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     except JobCancelled:
         _stderr("cancelled: the last epoch checkpoint is kept; rerun with --resume to continue")
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        # The reader went away (`muscle settings | head`): stop quietly, and point stdout at devnull so the
+        # interpreter's final flush does not raise again (the recipe in Python's `signal` docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

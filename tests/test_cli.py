@@ -277,6 +277,17 @@ def test_settings_lists_every_field_with_both_profiles_and_a_description(capsys:
     assert "  default    muscle         lr=0.0005, epochs=10, ga_reference='kept'" in lines
 
 
+def test_output_into_a_closed_pipe_stops_quietly() -> None:
+    # As `muscle settings | head -1`: the reader is gone before the listing (over a pipe buffer) is written.
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "settings"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 def test_default_job_screens_then_trains_on_the_kept_rows(tiny_bert: Path, tmp_path: Path) -> None:
     from tests.test_screen import corpus, plant, rare_word
 
