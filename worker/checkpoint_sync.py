@@ -57,9 +57,10 @@ class CheckpointSync:
         """Fetch the last pushed set into an empty local folder; the names fetched (none when the local
         folder already holds checkpoints or the store has none). On any failure the files fetched so far
         are removed, so the job starts over rather than from part of a set."""
-        if self.folder.is_dir() and any(self.folder.glob("*.safetensors")):
-            return []
         manifest = self._manifest()
+        if self.folder.is_dir() and any(self.folder.glob("*.safetensors")):
+            self.pushed = manifest  # the store's versions, so the next push replaces them instead of orphaning them
+            return []
         if not manifest:
             return []
         self.folder.mkdir(parents=True, exist_ok=True)

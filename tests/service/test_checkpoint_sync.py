@@ -79,3 +79,22 @@ def test_a_pull_that_fails_half_way_leaves_no_files_to_resume_from(tmp_path: Pat
     with pytest.raises(KeyError):
         CheckpointSync(store, "job_x", there).pull()
     assert not list(there.glob("*.safetensors"))
+
+
+def test_a_restarted_worker_on_the_same_disk_replaces_the_stored_versions(tmp_path: Path) -> None:
+    """Its disk kept the checkpoints, so nothing is fetched; its next push still drops what the store held."""
+    store = LocalArtifactStore(tmp_path / "store")
+    here = tmp_path / "a"
+    here.mkdir()
+    (here / "last.safetensors").write_bytes(b"epoch1")
+    first = CheckpointSync(store, "job_x", here)
+    first.push()
+    epoch1 = first.key("last.safetensors", first.pushed["last.safetensors"])
+
+    again = CheckpointSync(store, "job_x", here)
+    assert again.pull() == []
+    (here / "last.safetensors").write_bytes(b"epoch2")
+    again.push()
+    assert store.size(epoch1) is None
+    assert CheckpointSync(store, "job_x", tmp_path / "b").pull() == ["last.safetensors"]
+    assert (tmp_path / "b" / "last.safetensors").read_bytes() == b"epoch2"
