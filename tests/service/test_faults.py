@@ -8,6 +8,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -119,7 +120,8 @@ def test_redis_restarted_mid_run_loses_its_messages_and_every_job_still_ends(
             jobs = {name: s.wait(job_id, timeout=240) for name, job_id in (("a", a), ("b", b), ("c", c))}
             d = post(s, dataset, config(tiny_model, epochs=1), ("train", "aux"))
             jobs["d"] = s.wait(d, timeout=120)
-            assert f"dispatch=['{b}']" in s.log(tail=10**6)  # B's message died with Redis: the sweep re-sent it
+            # B's message died with Redis: a sweep re-sent it (alone, or with C when both fell due together)
+            assert re.search(rf"sweep: dispatch=\[[^\]]*'{b}'", s.log(tail=10**6)), s.log()
             for name, job in jobs.items():
                 assert job["status"] == "succeeded", (name, job["error"], s.log())
                 assert job["attempts"] == 1, name  # never run twice
