@@ -19,17 +19,22 @@ sys.path.insert(0, str(ROOT))
 from bench.content_disagreement import embeddings  # noqa: E402
 from bench.screen_data import train_path  # noqa: E402
 from bench.screen_eval import screened  # noqa: E402
+from core.config import resolve_config  # noqa: E402
 from core.screen.content import content_probabilities  # noqa: E402
+from core.screen.stage import content_settings_from  # noqa: E402
 
 
 def main(attacks: list[str]) -> None:
+    settings = content_settings_from(resolve_config("default"))  # the reader's folds and seed, as the job's
+    assert settings is not None
     for attack in attacks:
         train, _, report = screened(train_path(attack, 0.1))
         removed = report.removed_rows
         kept = np.array([i for i in range(len(train)) if i not in removed])
         y = np.array([e.label for e in train])[kept]
         poisoned = np.array([bool(e.poisoned) for e in train])[kept]
-        proba = content_probabilities(embeddings([train[i].text for i in kept]), y, 2, 5, 42)
+        proba = content_probabilities(embeddings([train[i].text for i in kept]), y, 2, settings.folds,
+                                      settings.seed)
         own = proba[np.arange(len(kept)), y]
         for bar in (0.5, 0.3, 0.2, 0.1):
             agreed = own >= bar
